@@ -1,5 +1,6 @@
 """Morphable models: the ``MorphableModel`` pytree, its pure functions, and model loaders."""
 
+from jaxface.models.ict import load_default, load_ict
 from jaxface.models.morphable import (
     ContourSet,
     LandmarkSet,
@@ -21,6 +22,8 @@ __all__ = [
     "LandmarkSet",
     "MorphableModel",
     "landmarks",
+    "load_default",
+    "load_ict",
     "load_npz",
     "make_model",
     "random_coefficients",

@@ -32,7 +32,6 @@ import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -228,7 +227,7 @@ def _combine(coeffs: Array, basis: Array, what: str) -> Array:
     if k > basis.shape[0]:
         raise ValueError(f"{k} {what} coefficients for a basis of {basis.shape[0]} modes")
     basis = jnp.asarray(basis[:k], jnp.float32)
-    flat = basis.reshape(k, -1)
+    flat = basis.reshape(k, basis.shape[1] * basis.shape[2])
     return jnp.dot(coeffs, flat, precision=_HIGHEST).reshape(basis.shape[1:])
 
 
@@ -383,7 +382,8 @@ def _as_i32(x: Any, field: str, src: str) -> np.ndarray:
     except Exception as e:
         raise ModelFormatError(f"cannot be read as an array ({e})", source=src, field=field) from e
     if not np.issubdtype(a.dtype, np.integer):
-        if np.issubdtype(a.dtype, np.floating) and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
+        if (np.issubdtype(a.dtype, np.floating) and np.all(np.isfinite(a))
+                and np.all(a == np.round(a))):
             pass
         else:
             raise ModelFormatError(f"expected integer indices, found dtype {a.dtype}", source=src,
@@ -617,12 +617,23 @@ _ARRAY_FIELDS = ("mean", "identity_basis", "identity_std", "triangles", "express
 
 
 def save_npz(model: MorphableModel, path: str | os.PathLike, *, compressed: bool = True,
-             basis_dtype: Any = np.float32) -> None:
+             basis_dtype: Any = np.float32, basis_step: float = 1e-3) -> None:
     """Write ``model`` to ``path`` as a jaxface model npz (loadable with ``allow_pickle=False``).
 
     ``basis_dtype=np.float16`` halves the size of the bases (error ~1e-3 relative, i.e. well
     under 0.05 mm for faces); they are read back as float32.
+
+    ``basis_dtype=np.int16`` quantises each basis on a uniform grid: it stores
+    ``round(basis / step)`` with ``step = max(basis_step, max|basis| / 32767)`` (in model units)
+    under the key ``quantization/<field>``. The absolute error is at most ``step / 2`` per
+    coordinate and unit coefficient, and small high-order modes compress much better than in
+    float16. The bases are read back as float32.
     """
+    kind = np.dtype(basis_dtype)
+    if kind not in (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.int16)):
+        raise ValueError(f"basis_dtype must be float32, float16 or int16, got {kind}")
+    if not (np.isfinite(basis_step) and basis_step > 0):
+        raise ValueError(f"basis_step must be positive, got {basis_step}")
     out: dict[str, np.ndarray] = {}
     for f in _ARRAY_FIELDS:
         a = getattr(model, f)
@@ -630,7 +641,14 @@ def save_npz(model: MorphableModel, path: str | os.PathLike, *, compressed: bool
             continue
         a = np.asarray(a)
         if f.endswith("_basis"):
-            a = a.astype(basis_dtype)
+            if kind == np.int16:
+                peak = float(np.abs(a).max(initial=0.0))
+                step = np.float32(max(basis_step, peak / 32767.0))
+                q = np.round(a.astype(np.float64) / np.float64(step))
+                a = np.clip(q, -32767, 32767).astype(np.int16)
+                out[f"quantization/{f}"] = np.asarray(step, np.float32)
+            else:
+                a = a.astype(kind)
         out[f] = a
     for k, lm in model.landmarks.items():
         out[f"landmarks/{k}/indices"] = np.asarray(lm.indices, np.int32)
@@ -651,11 +669,11 @@ def save_npz(model: MorphableModel, path: str | os.PathLike, *, compressed: bool
 def load_npz(path: str | os.PathLike) -> MorphableModel:
     """Read a model written by :func:`save_npz`; raises ModelFormatError on a bad file."""
     src = os.fspath(path)
+    if not os.path.isfile(src):
+        raise ModelFormatError("file not found", source=src)
     try:
         with np.load(src, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise
     except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError (pickled object)...
         raise ModelFormatError(f"not a readable npz file ({type(e).__name__}: {e})",
                                source=src) from e
@@ -677,6 +695,7 @@ def load_npz(path: str | os.PathLike) -> MorphableModel:
             raise ModelFormatError("required array missing", source=src, field=f)
     groups: dict[str, dict[str, dict[str, np.ndarray]]] = {"landmarks": {}, "contours": {}}
     regions = {}
+    steps = {}
     for key in list(data):
         if "/" not in key:
             continue
@@ -684,6 +703,8 @@ def load_npz(path: str | os.PathLike) -> MorphableModel:
         a = data.pop(key)
         if parts[0] == "regions" and len(parts) == 2:
             regions[parts[1]] = a
+        elif parts[0] == "quantization" and len(parts) == 2:
+            steps[parts[1]] = a
         elif parts[0] in groups and len(parts) == 3:
             groups[parts[0]].setdefault(parts[1], {})[parts[2]] = a
         else:
@@ -698,6 +719,25 @@ def load_npz(path: str | os.PathLike) -> MorphableModel:
     unknown = set(data) - set(_ARRAY_FIELDS)
     if unknown:
         raise ModelFormatError(f"unknown keys {sorted(unknown)}", source=src)
+    for f in _ARRAY_FIELDS:
+        if not f.endswith("_basis") or f not in data:
+            continue
+        if f in steps:
+            step = steps.pop(f)
+            if (step.shape != () or not np.issubdtype(step.dtype, np.floating)
+                    or not np.isfinite(step) or step <= 0):
+                raise ModelFormatError("quantization step must be a positive float scalar",
+                                       source=src, field=f"quantization/{f}")
+            if data[f].dtype != np.int16:
+                raise ModelFormatError(f"quantized basis must be int16, found {data[f].dtype}",
+                                       source=src, field=f)
+            data[f] = data[f].astype(np.float32) * np.float32(step)
+        elif not np.issubdtype(data[f].dtype, np.floating):
+            raise ModelFormatError(f"integer basis ({data[f].dtype}) without a quantization step",
+                                   source=src, field=f)
+    if steps:
+        raise ModelFormatError(f"quantization step for missing basis {sorted(steps)}",
+                               source=src, field=f"quantization/{sorted(steps)[0]}")
     return make_model(**{k: data.get(k) for k in _ARRAY_FIELDS}, landmarks=lms, contours=cts,
                       regions=regions, expression_kind=meta.get("expression_kind", "pca"),
                       expression_names=meta.get("expression_names"),

@@ -1,0 +1,5 @@
+import sys
+
+from jaxface.cli import main
+
+sys.exit(main())

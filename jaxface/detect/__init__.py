@@ -1,0 +1,52 @@
+"""Landmark detectors (the ``detect`` extra) and landmark file I/O.
+
+The core package imports without the extra; a detector raises ``MissingDependencyError`` when
+it is used without its dependency.
+"""
+
+from __future__ import annotations
+
+from jaxface.detect.base import (
+    Detection,
+    Detector,
+    MissingDependencyError,
+    NoFaceError,
+    as_uint8,
+)
+from jaxface.detect.pts import PtsFormatError, read_pts, write_pts
+
+DETECTORS = ("dlib",)
+
+
+def get_detector(name: str = "dlib") -> Detector:
+    """A detector by name: ``"dlib"`` (iBUG-68)."""
+    if name == "dlib":
+        from jaxface.detect.dlib import DlibDetector
+
+        return DlibDetector()
+    raise ValueError(f"unknown detector {name!r}; choose from {DETECTORS}")
+
+
+def detect_landmarks(image, detector: str | Detector = "dlib", source: str | None = None
+                     ) -> Detection:
+    """The landmarks of the largest face in ``image``; raises NoFaceError naming ``source``."""
+    det = get_detector(detector) if isinstance(detector, str) else detector
+    found = det(image, source=source)
+    if not found:
+        raise NoFaceError(source, det.name)
+    return found[0]
+
+
+__all__ = [
+    "DETECTORS",
+    "Detection",
+    "Detector",
+    "MissingDependencyError",
+    "NoFaceError",
+    "PtsFormatError",
+    "as_uint8",
+    "detect_landmarks",
+    "get_detector",
+    "read_pts",
+    "write_pts",
+]

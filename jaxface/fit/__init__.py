@@ -1,0 +1,21 @@
+"""Fitting a morphable model to images: landmark energies, solvers, results."""
+
+from jaxface.fit.landmarks import (
+    MODEL_TO_CAMERA,
+    FitConfig,
+    FitResult,
+    fit_landmarks,
+    fitted_landmarks3d,
+    model_vertices_camera,
+)
+from jaxface.fit.results import result_to_json
+
+__all__ = [
+    "MODEL_TO_CAMERA",
+    "FitConfig",
+    "FitResult",
+    "fit_landmarks",
+    "fitted_landmarks3d",
+    "model_vertices_camera",
+    "result_to_json",
+]

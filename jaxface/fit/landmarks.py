@@ -1,0 +1,372 @@
+"""Non-linear landmark fitting (survey §3.1-3.2, eq 6) under a perspective camera.
+
+Energy, with landmark residuals in units of the landmark noise ``sigma`` (pixels; 2 % of the
+detected landmarks' bounding-box diagonal, at least 1 px):
+
+    E = sum_i w_i ||pi(K, R S_i(alpha, beta) + t) - y_i||^2 / sigma^2   (E_lmk2D, survey eq 6)
+      + lambda_id  ||alpha / sigma_id||^2                               (E_reg, identity)
+      + lambda_exp ||beta / sigma_exp||^2                               (E_reg, expression)
+      + lambda_f   (log f - log f0)^2 / 0.25^2                          (only if f is estimated)
+
+solved by Levenberg-Marquardt (``jax.jacfwd`` + a damped normal-equation solve), entirely inside
+``lax`` control flow so that one call compiles once and ``jax.vmap`` batches it over images.
+Blendshape expressions are box-constrained to [0, 1] by projecting every step.
+
+Robust loss: with ``robust="huber"`` each landmark's weight is re-estimated every outer round
+(iteratively reweighted least squares) so that residuals beyond ``huber_delta * sigma`` count
+linearly.
+
+Contour landmarks (the jawline): at the start of each outer round every contour landmark is
+re-assigned to the candidate vertex whose projection lies nearest to its detected position, among
+the candidates that are on the occluding contour of the current fit (surface normal turned away
+from the viewing ray by at least ``contour_min_angle``) or are the landmark's own vertex, as eos
+does, but inside the compiled loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxface._pytree import pytree_dataclass, static_field
+from jaxface.camera import PerspectiveCamera, project
+from jaxface.geometry import axis_angle_to_matrix
+from jaxface.mesh.normals import vertex_normals
+from jaxface.models.morphable import MorphableModel, vertices
+from jaxface.models.morphable import landmarks as model_landmarks
+
+Array = jax.Array
+
+# Model frame (+y up, +z out of the face) -> camera frame (+y down, +z into the scene): a face
+# looking at the camera is the model rotated by pi about x.
+MODEL_TO_CAMERA = np.diag([1.0, -1.0, -1.0]).astype(np.float32)
+
+
+@pytree_dataclass
+class FitConfig:
+    """Settings of ``fit_landmarks``.
+
+    Static fields (changing one recompiles): ``landmark_set``, ``n_identity``,
+    ``estimate_focal``, ``outer_iterations``, ``inner_iterations``, ``robust``, ``use_contour``.
+    The weights and thresholds are pytree leaves: changing them reuses the compiled fit, and
+    they can be vmapped over.
+    """
+
+    landmark_set: str = static_field(default="ibug68")
+    n_identity: int | None = static_field(default=None)
+    estimate_focal: bool = static_field(default=False)
+    outer_iterations: int = static_field(default=6)
+    inner_iterations: int = static_field(default=8)
+    robust: str = static_field(default="none")  # "none" | "huber"
+    use_contour: bool = static_field(default=True)
+    lambda_identity: Any = 1.0
+    lambda_expression: Any = 1.0
+    lambda_focal: Any = 1.0
+    huber_delta: Any = 2.0
+    contour_min_angle_deg: Any = 60.0
+    tolerance: Any = 1e-6
+
+
+@pytree_dataclass
+class FitResult:
+    """Result of a landmark fit (a pytree; batched results have a leading batch axis).
+
+    Attributes:
+      identity: (Ks,) raw identity coefficients (model units, prior N(0, identity_std^2)).
+      expression: (Ke,) expression coefficients (blendshape weights in [0, 1] or raw PCA).
+      rotation: (3, 3) model -> camera rotation.
+      translation: (3,) model -> camera translation (mm).
+      camera: the PerspectiveCamera (pixels, OpenCV convention).
+      landmarks2d: (L, 2) the fitted model's landmarks projected into the image (pixels).
+      residuals: (L,) per-landmark reprojection error (pixels).
+      landmark_vertex_ids: (L,) the vertex each landmark was matched to in the final round
+        (contour landmarks move along the jawline; others keep their own vertex), -1 where a
+        landmark is a barycentric combination.
+      cost: final energy.
+      iterations: total LM iterations taken.
+      converged: whether the last round's relative cost decrease fell below tolerance.
+    """
+
+    identity: Any
+    expression: Any
+    rotation: Any
+    translation: Any
+    camera: Any
+    landmarks2d: Any
+    residuals: Any
+    landmark_vertex_ids: Any
+    cost: Any
+    iterations: Any
+    converged: Any
+
+    @property
+    def rmse_px(self) -> Array:
+        return jnp.sqrt(jnp.mean(jnp.square(self.residuals), axis=-1))
+
+
+class _Params(NamedTuple):
+    rotvec: Array  # (3,) on top of MODEL_TO_CAMERA
+    translation: Array  # (3,)
+    log_focal: Array  # ()
+    alpha: Array  # (Ks,) standardized identity
+    beta: Array  # (Ke,) expression (standardized for PCA, raw weights for blendshapes)
+
+
+def _flatten(p: _Params) -> Array:
+    return jnp.concatenate([p.rotvec, p.translation, p.log_focal[None], p.alpha, p.beta])
+
+
+def _unflatten(x: Array, n_id: int, n_ex: int) -> _Params:
+    return _Params(x[0:3], x[3:6], x[6], x[7:7 + n_id], x[7 + n_id:7 + n_id + n_ex])
+
+
+def _shape(model: MorphableModel, p: _Params, n_id: int) -> Array:
+    ident = p.alpha * jnp.asarray(model.identity_std[:n_id])
+    expr = None
+    if model.expression_basis is not None:
+        expr = p.beta if model.expression_kind == "blendshape" else (
+            p.beta * jnp.asarray(model.expression_std))
+    return vertices(model, ident, expr)
+
+
+def _landmark_points(model: MorphableModel, p: _Params, n_id: int, ids: Array, wts: Array
+                     ) -> Array:
+    """(L, 3) landmark positions, evaluating the model only at the (L, 3) vertices ``ids``."""
+    def gather(basis):
+        return jnp.asarray(basis)[:, ids]  # (K, L, 3, 3)
+
+    pts = jnp.asarray(model.mean)[ids]
+    hi = jax.lax.Precision.HIGHEST
+    pts = pts + jnp.einsum("k,klmc->lmc", p.alpha * jnp.asarray(model.identity_std[:n_id]),
+                           gather(model.identity_basis[:n_id]), precision=hi)
+    if model.expression_basis is not None:
+        beta = p.beta if model.expression_kind == "blendshape" else (
+            p.beta * jnp.asarray(model.expression_std))
+        pts = pts + jnp.einsum("k,klmc->lmc", beta, gather(model.expression_basis), precision=hi)
+    return jnp.einsum("lm,lmc->lc", wts, pts, precision=hi)
+
+
+def _rotation(p: _Params) -> Array:
+    return axis_angle_to_matrix(p.rotvec) @ MODEL_TO_CAMERA
+
+
+def fit_landmarks(model: MorphableModel, landmarks: Any, image_size: tuple[int, int], *,
+                  weights: Any = None, focal: float | None = None,
+                  config: FitConfig | None = None, **overrides: Any) -> FitResult:
+    """Fit identity, expression, pose (and optionally focal length) to 2D landmarks.
+
+    Args:
+      model: a morphable model with the landmark set ``config.landmark_set``.
+      landmarks: (L, 2) detected landmarks in pixels (OpenCV convention), in the order of the
+        model's landmark set. NaN rows are treated as missing. Batch with ``jax.vmap``.
+      image_size: (H, W) of the image (static).
+      weights: (L,) per-landmark confidences in [0, 1] (default 1).
+      focal: focal length in pixels (default ``max(H, W)``, about a 53 degree field of view);
+        the starting point and prior centre when ``estimate_focal``.
+      config: a FitConfig; keyword ``overrides`` replace its fields.
+
+    Returns:
+      FitResult.
+    """
+    cfg = config or FitConfig()
+    if overrides:
+        cfg = dataclasses.replace(cfg, **overrides)
+    if cfg.landmark_set not in model.landmarks:
+        raise ValueError(f"model {model.name!r} has no landmark set {cfg.landmark_set!r}")
+    n_lm = len(model.landmarks[cfg.landmark_set])
+    landmarks = jnp.asarray(landmarks, jnp.float32)
+    if landmarks.shape != (n_lm, 2):
+        raise ValueError(f"landmarks must have shape ({n_lm}, 2) for landmark set "
+                         f"{cfg.landmark_set!r}, got {landmarks.shape}")
+    if cfg.robust not in ("none", "huber"):
+        raise ValueError(f"robust must be 'none' or 'huber', got {cfg.robust!r}")
+    h, w = (int(s) for s in image_size)
+    weights = jnp.ones((n_lm,), jnp.float32) if weights is None else jnp.asarray(
+        weights, jnp.float32).reshape(n_lm)
+    f0 = float(max(h, w)) if focal is None else focal
+    return _fit(model, landmarks, weights, jnp.asarray(f0, jnp.float32), (h, w), cfg)
+
+
+@functools.partial(jax.jit, static_argnames=("image_size",))
+def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
+         image_size: tuple[int, int], cfg: FitConfig) -> FitResult:
+    h, w = image_size
+    n_id = model.n_identity if cfg.n_identity is None else min(cfg.n_identity, model.n_identity)
+    n_ex = model.n_expression
+    blend = model.expression_kind == "blendshape"
+    lm = model.landmarks[cfg.landmark_set]
+    n_lm = lm.indices.shape[0]
+
+    present = jnp.all(jnp.isfinite(observed), axis=-1)
+    weights = jnp.where(present, weights, 0.0)
+    observed = jnp.where(present[:, None], observed, 0.0)
+
+    # Landmark noise scale: 2 % of the landmark bounding-box diagonal (at least 1 px).
+    lo = jnp.min(jnp.where(present[:, None], observed, jnp.inf), axis=0)
+    hi = jnp.max(jnp.where(present[:, None], observed, -jnp.inf), axis=0)
+    diag = jnp.linalg.norm(hi - lo)
+    sigma = jnp.maximum(1.0, 0.02 * diag)
+
+    # Contour set-up: which landmarks slide, and over which candidates.
+    contour = model.contours.get(cfg.landmark_set) if cfg.use_contour else None
+    base_ids = jnp.asarray(lm.indices)  # (L, 3)
+    base_w = jnp.asarray(lm.weights)
+
+    def camera_of(p: _Params) -> PerspectiveCamera:
+        f = jnp.exp(p.log_focal)
+        return PerspectiveCamera(fx=f, fy=f, cx=jnp.float32(w / 2.0), cy=jnp.float32(h / 2.0))
+
+    def lm_points(verts: Array, ids: Array, wts: Array) -> Array:
+        return jnp.einsum("lk,lkc->lc", wts, verts[ids])
+
+    def residual(x: Array, ids: Array, wts: Array, rw: Array) -> Array:
+        p = _unflatten(x, n_id, n_ex)
+        pts = _landmark_points(model, p, n_id, ids, wts) @ _rotation(p).T + p.translation
+        uv = project(camera_of(p), pts)
+        r_lm = ((uv - observed) * (jnp.sqrt(weights * rw) / sigma)[:, None]).reshape(-1)
+        r_id = jnp.sqrt(cfg.lambda_identity) * p.alpha
+        r_ex = jnp.sqrt(cfg.lambda_expression) * p.beta
+        parts = [r_lm, r_id, r_ex]
+        if cfg.estimate_focal:
+            parts.append(jnp.sqrt(cfg.lambda_focal) * (p.log_focal - jnp.log(f0))[None] / 0.25)
+        return jnp.concatenate(parts)
+
+    def project_box(x: Array) -> Array:
+        p = _unflatten(x, n_id, n_ex)
+        if blend:
+            p = p._replace(beta=jnp.clip(p.beta, 0.0, 1.0))
+        if not cfg.estimate_focal:
+            p = p._replace(log_focal=jnp.log(f0))
+        return _flatten(p)
+
+    def lm_solve(x: Array, ids: Array, wts: Array, rw: Array) -> tuple[Array, Array, Array]:
+        n = x.shape[0]
+        free = jnp.ones((n,), jnp.float32)
+        if not cfg.estimate_focal:
+            free = free.at[6].set(0.0)
+
+        def cost_of(x):
+            r = residual(x, ids, wts, rw)
+            return 0.5 * jnp.sum(r * r)
+
+        def body(state):
+            x, mu, it, cost, _, done = state
+            r = residual(x, ids, wts, rw)
+            jac = jax.jacfwd(residual)(x, ids, wts, rw) * free[None, :]
+            jtj = jac.T @ jac
+            g = jac.T @ r
+            damp = mu * (jnp.diag(jtj) + 1e-6) + (1.0 - free)
+            step = -jnp.linalg.solve(jtj + jnp.diag(damp), g)
+            x_new = project_box(x + step * free)
+            new_cost = cost_of(x_new)
+            better = new_cost < cost
+            x = jnp.where(better, x_new, x)
+            rel = (cost - new_cost) / jnp.maximum(cost, 1e-12)
+            conv = better & (rel < cfg.tolerance)
+            mu = jnp.where(better, jnp.maximum(mu * 0.3, 1e-7), mu * 10.0)
+            cost = jnp.where(better, new_cost, cost)
+            done = conv | (mu > 1e8)
+            return x, mu, it + 1, cost, conv, done
+
+        def cond(state):
+            return (state[2] < cfg.inner_iterations) & ~state[5]
+
+        init = (x, jnp.float32(1e-2), jnp.int32(0), cost_of(x), jnp.bool_(False),
+                jnp.bool_(False))
+        x, _, it, cost, conv, _ = jax.lax.while_loop(cond, body, init)
+        return x, it, conv | (it < cfg.inner_iterations)
+
+    # Initialisation: frontal, centred on the landmarks, at the depth that matches their scale.
+    mean_lm = lm_points(jnp.asarray(model.mean), base_ids, base_w)
+    model_extent = jnp.linalg.norm(jnp.max(mean_lm[:, :2], 0) - jnp.min(mean_lm[:, :2], 0))
+    depth = f0 * model_extent / jnp.maximum(diag, 1.0)
+    centre_px = jnp.sum(observed * weights[:, None], 0) / jnp.maximum(jnp.sum(weights), 1e-6)
+    centre_model = jnp.mean(mean_lm, axis=0) @ MODEL_TO_CAMERA.T
+    t0 = jnp.stack([(centre_px[0] - w / 2.0) * depth / f0, (centre_px[1] - h / 2.0) * depth / f0,
+                    depth]) - centre_model
+    x = _flatten(_Params(jnp.zeros(3), t0, jnp.log(f0), jnp.zeros(n_id), jnp.zeros(n_ex)))
+
+    def correspondences(x: Array) -> tuple[Array, Array]:
+        if contour is None:
+            return base_ids, base_w
+        p = _unflatten(x, n_id, n_ex)
+        verts = _shape(model, p, n_id)
+        rot = _rotation(p)
+        cam_v = verts @ rot.T + p.translation
+        cand = jnp.asarray(contour.candidates)  # (n, C)
+        valid = cand >= 0
+        cand0 = jnp.where(valid, cand, 0)
+        normals = vertex_normals(verts, jnp.asarray(model.triangles))[cand0] @ rot.T
+        pts = cam_v[cand0]
+        view = pts / jnp.linalg.norm(pts, axis=-1, keepdims=True)
+        cos = jnp.abs(jnp.sum(normals * view, -1))
+        on_contour = cos < jnp.cos(jnp.deg2rad(cfg.contour_min_angle_deg))
+        uv = project(camera_of(p), pts.reshape(-1, 3)).reshape(cand.shape + (2,))
+        li = jnp.asarray(contour.landmark_index)
+        d = jnp.sum(jnp.square(uv - observed[li][:, None, :]), -1)
+        # A candidate qualifies when it is on the current silhouette or is the landmark's own
+        # vertex (so landmarks near the chin, whose candidates are all frontal, stay put).
+        own = cand0 == base_ids[li, :1]
+        ok = valid & (on_contour | own)
+        big = jnp.float32(1e12)
+        d_ok = jnp.where(ok, d, big)
+        d_any = jnp.where(valid, d, big)
+        best = jnp.where(jnp.any(ok, axis=1), jnp.argmin(d_ok, 1), jnp.argmin(d_any, 1))
+        chosen = jnp.take_along_axis(cand0, best[:, None], 1)[:, 0]
+        ids = base_ids.at[li].set(jnp.repeat(chosen[:, None], 3, axis=1))
+        wts = base_w.at[li].set(jnp.array([1.0, 0.0, 0.0], jnp.float32))
+        return ids, wts
+
+    def robust_weights(x: Array, ids: Array, wts: Array) -> Array:
+        if cfg.robust == "none":
+            return jnp.ones((n_lm,), jnp.float32)
+        r = residual(x, ids, wts, jnp.ones((n_lm,)))[:2 * n_lm].reshape(n_lm, 2)
+        mag = jnp.linalg.norm(r, axis=-1) / jnp.sqrt(jnp.maximum(weights, 1e-12))
+        return jnp.where(mag > cfg.huber_delta, cfg.huber_delta / jnp.maximum(mag, 1e-12), 1.0)
+
+    def outer(carry, _):
+        x, total, _ = carry
+        ids, wts = correspondences(x)
+        rw = robust_weights(x, ids, wts)
+        x, it, conv = lm_solve(x, ids, wts, rw)
+        return (x, total + it, conv), None
+
+    # Round 0 fits rigid pose only well enough for the contour search: the first outer round
+    # starts from the frontal guess, later rounds refine correspondences.
+    (x, iters, conv), _ = jax.lax.scan(outer, (x, jnp.int32(0), jnp.bool_(False)), None,
+                                       length=cfg.outer_iterations)
+    ids, wts = correspondences(x)
+    p = _unflatten(x, n_id, n_ex)
+    rot = _rotation(p)
+    cam = camera_of(p)
+    uv = project(cam, _landmark_points(model, p, n_id, ids, wts) @ rot.T + p.translation)
+    res = jnp.where(present, jnp.linalg.norm(uv - observed, axis=-1), jnp.nan)
+    final_cost = 0.5 * jnp.sum(jnp.square(residual(x, ids, wts, jnp.ones((n_lm,)))))
+    ident = jnp.zeros((model.n_identity,), jnp.float32).at[:n_id].set(
+        p.alpha * jnp.asarray(model.identity_std[:n_id]))
+    if model.expression_basis is None:
+        expr = jnp.zeros((0,), jnp.float32)
+    elif blend:
+        expr = p.beta
+    else:
+        expr = p.beta * jnp.asarray(model.expression_std)
+    vid = jnp.where(jnp.all(ids == ids[:, :1], axis=1) | (wts[:, 0] == 1.0), ids[:, 0], -1)
+    return FitResult(identity=ident, expression=expr, rotation=rot, translation=p.translation,
+                     camera=cam, landmarks2d=uv, residuals=res, landmark_vertex_ids=vid,
+                     cost=final_cost, iterations=iters, converged=conv)
+
+
+def model_vertices_camera(model: MorphableModel, result: FitResult) -> Array:
+    """(V, 3) vertices of the fitted face in the camera frame (mm)."""
+    verts = vertices(model, result.identity, result.expression if model.n_expression else None)
+    return verts @ result.rotation.T + result.translation
+
+
+def fitted_landmarks3d(model: MorphableModel, result: FitResult, name: str = "ibug68") -> Array:
+    """(L, 3) the fitted model's landmarks in the camera frame (mm)."""
+    return model_landmarks(model, model_vertices_camera(model, result), name)

@@ -1,0 +1,1 @@
+"""Data files shipped inside jaxface: the embedded default face model and its licence."""

@@ -1,0 +1,417 @@
+"""Hard (z-buffer) rasterisation in pure JAX.
+
+Conventions (project-wide): screen vertices are ``(V, 3)`` with ``x`` right and ``y`` down in
+pixels (OpenCV; pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``, its centre is ``(j+0.5, i+0.5)``)
+and ``z`` a depth where smaller is nearer. ``image_size`` is ``(H, W)``.
+
+Algorithm (exact, no fixed capacity that can drop anything):
+
+1. Per triangle, the clipped bounding box of the pixel *centres* it can cover gives a candidate
+   count ``n_t = nx_t * ny_t``. An exclusive cumulative sum lays all candidate (triangle, pixel)
+   pairs ("fragments") out on one line of length ``N = sum n_t``.
+2. The line is processed in static-size chunks of ``fragment_chunk`` fragments inside a
+   ``lax.while_loop`` that runs ``ceil(N / chunk)`` times, so every fragment is visited whatever
+   the triangle sizes are. For each fragment: the inside test (edge functions evaluated relative to
+   a vertex, inclusive on edges so that shared edges leave no holes), the interpolated depth, and a
+   ``scatter-min`` of the float32 depth into the z-buffer.
+3. A second sweep over the same fragments scatter-mins the triangle id among fragments whose depth
+   equals the z-buffer value bit for bit (both sweeps evaluate the same expression), so ties are
+   broken by the smallest triangle id and there is no limit on the number of triangles (ids are
+   int32; no depth quantisation).
+4. If ``N`` does not fit int32 arithmetic (a pathological input such as hundreds of thousands of
+   screen-filling triangles), a dense fallback loop processes blocks of triangles against every
+   pixel instead; its trip count is zero otherwise (a ``while_loop``, so it also costs nothing
+   under ``vmap``).
+
+``triangle_id`` is not differentiable. ``barycentric`` and ``depth`` are recomputed from the
+winning triangle's vertices with differentiable arithmetic, so gradients flow to
+``screen_vertices`` (and ``w``) through interpolation; background and degenerate cases are guarded
+with the double-``where`` trick so that gradients are never NaN.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxface._pytree import pytree_dataclass
+
+__all__ = ["Fragments", "rasterize", "barycentric_from_ids"]
+
+_BIG_ID = np.int32(np.iinfo(np.int32).max)
+# N (total candidate fragments) must stay below this for int32 offset arithmetic.
+_INT_LIMIT = float(2**30)
+
+
+@pytree_dataclass
+class Fragments:
+    """Output of :func:`rasterize` (a pytree; a leading batch axis when batched).
+
+    Attributes:
+      triangle_id: ``(..., H, W)`` int32, the visible triangle per pixel, ``-1`` for background.
+      barycentric: ``(..., H, W, 3)`` float32, barycentric coordinates of the pixel centre in the
+        visible triangle (perspective-correct when ``w`` was given); zeros on background.
+      depth: ``(..., H, W)`` float32, interpolated depth; ``+inf`` on background.
+    """
+
+    triangle_id: jax.Array
+    barycentric: jax.Array
+    depth: jax.Array
+
+    @property
+    def mask(self) -> jax.Array:
+        """``(..., H, W)`` bool, True where a triangle covers the pixel centre."""
+        return self.triangle_id >= 0
+
+
+def _check_inputs(screen_vertices: Any, triangles: Any, image_size: Any, w: Any) -> tuple:
+    sv = jnp.asarray(screen_vertices)
+    tri = jnp.asarray(triangles)
+    if sv.ndim not in (2, 3) or sv.shape[-1] != 3:
+        raise ValueError(
+            f"screen_vertices must have shape (V, 3) or (B, V, 3), got {tuple(sv.shape)}"
+        )
+    if tri.ndim != 2 or tri.shape[-1] != 3:
+        raise ValueError(f"triangles must have shape (F, 3), got {tuple(tri.shape)}")
+    if not jnp.issubdtype(tri.dtype, jnp.integer):
+        raise ValueError(f"triangles must be an integer array, got dtype {tri.dtype}")
+    try:
+        h, wd = (int(s) for s in image_size)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"image_size must be a pair (H, W) of ints, got {image_size!r}") from exc
+    if h <= 0 or wd <= 0:
+        raise ValueError(f"image_size must be positive, got {(h, wd)}")
+    if w is not None:
+        w = jnp.asarray(w)
+        if w.shape != sv.shape[:-1]:
+            raise ValueError(
+                f"w must have shape {tuple(sv.shape[:-1])} (one value per vertex), "
+                f"got {tuple(w.shape)}"
+            )
+    if not jnp.issubdtype(sv.dtype, jnp.floating):
+        sv = sv.astype(jnp.float32)
+    try:
+        tri_np = np.asarray(triangles)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        tri_np = None
+    if tri_np is not None and tri_np.size:
+        lo, hi = int(tri_np.min()), int(tri_np.max())
+        if lo < 0 or hi >= sv.shape[-2]:
+            raise ValueError(
+                f"triangles index vertices outside [0, {sv.shape[-2]}): min {lo}, max {hi}"
+            )
+    return sv, tri.astype(jnp.int32), (h, wd), w
+
+
+def _triangle_table(v: jax.Array, tri: jax.Array, w: jax.Array | None, cull: bool):
+    """Per-triangle data for the fragment loop.
+
+    Returns ``(table (F, 12) float32, jmin, imin, nx, count)`` where a table row is
+    ``x0 y0 x1 y1 x2 y2 z0 z1 z2 q0 q1 q2`` with ``q = 1/w`` (ones without perspective).
+    """
+    p = v[tri]  # (F, 3, 3)
+    x, y, z = p[..., 0], p[..., 1], p[..., 2]
+    if w is None:
+        q = jnp.ones_like(z)
+    else:
+        wt = w[tri]
+        q = 1.0 / jnp.where(wt == 0, 1.0, wt)
+    area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0])
+    finite = jnp.all(jnp.isfinite(p), axis=(1, 2)) & jnp.all(jnp.isfinite(q), axis=1)
+    ok = finite & (area != 0)
+    if cull:
+        ok = ok & (area < 0)
+    return p, x, y, z, q, area, ok
+
+
+def _cumsum_int(x: jax.Array, block: int = 64) -> jax.Array:
+    """Exact inclusive cumulative sum of a non-negative int32 vector ``(n,)``, each entry below
+    ``2**24``, whose total fits int32.
+
+    XLA's CPU ``cumsum`` is slow (a windowed reduction); this does the within-block sums as a
+    float32 matmul with a triangular matrix on the 12-bit halves of the entries (every partial
+    sum stays below ``2**24``, hence exact) and the short cumulative sum of block totals in int32.
+    """
+    n = x.shape[0]
+    if n == 0:
+        return x
+    m = -(-n // block)
+    xp = jnp.pad(x, (0, m * block - n)).reshape(m, block)
+    halves = jnp.concatenate([xp & 4095, xp >> 12], axis=0).astype(jnp.float32)
+    tri = jnp.triu(jnp.ones((block, block), jnp.float32))
+    c = (halves @ tri).astype(jnp.int32)
+    c = c[:m] + (c[m:] << 12)
+    tot = c[:, -1]
+    off = jnp.cumsum(tot) - tot
+    return (c + off[:, None]).reshape(-1)[:n]
+
+
+def _bbox(x, y, ok, h: int, wd: int):
+    big = 4.0 * max(h, wd) + 8.0
+    xmin = jnp.clip(jnp.min(x, axis=1), -big, big)
+    xmax = jnp.clip(jnp.max(x, axis=1), -big, big)
+    ymin = jnp.clip(jnp.min(y, axis=1), -big, big)
+    ymax = jnp.clip(jnp.max(y, axis=1), -big, big)
+    jmin = jnp.maximum(jnp.ceil(xmin - 0.5), 0.0)
+    jmax = jnp.minimum(jnp.floor(xmax - 0.5), wd - 1.0)
+    imin = jnp.maximum(jnp.ceil(ymin - 0.5), 0.0)
+    imax = jnp.minimum(jnp.floor(ymax - 0.5), h - 1.0)
+    nx = jnp.where(ok, jnp.maximum(jmax - jmin + 1.0, 0.0), 0.0)
+    ny = jnp.where(ok, jnp.maximum(imax - imin + 1.0, 0.0), 0.0)
+    return jmin, imin, jmax, imax, nx, ny
+
+
+def _eval_fragments(table: jax.Array, px: jax.Array, py: jax.Array, valid: jax.Array):
+    """Inside test and depth of fragments; ``table[..., k]`` broadcast against ``px``/``py``.
+
+    Table columns: ``x0 y0 x1 y1 x2 y2 z0 z1 z2 q0 q1 q2`` with ``q = 1/w``.
+    """
+    x0, y0, x1, y1, x2, y2 = (table[..., k] for k in range(6))
+    z0, z1, z2, q0, q1, q2 = (table[..., k] for k in range(6, 12))
+    # edge functions: e0 opposite vertex 0 (edge v1->v2), etc.; their sum is the signed area
+    e0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)
+    e1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)
+    e2 = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
+    area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+    s = jnp.where(area > 0, 1.0, -1.0)
+    inside = valid & (e0 * s >= 0) & (e1 * s >= 0) & (e2 * s >= 0)
+    a0, a1, a2 = e0 * q0, e1 * q1, e2 * q2
+    den = a0 + a1 + a2
+    den = jnp.where(inside & (den != 0), den, 1.0)
+    depth = (a0 * z0 + a1 * z1 + a2 * z2) / den
+    inside = inside & jnp.isfinite(depth)
+    return inside, depth
+
+
+def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool, dense_block: int):
+    """Non-differentiable visibility: ``(H*W,) int32`` ids (``_BIG_ID`` on background)."""
+    v = jax.lax.stop_gradient(v)
+    w = None if w is None else jax.lax.stop_gradient(w)
+    nf = tri.shape[0]
+    npix = h * wd
+    p, x, y, z, q, area, ok = _triangle_table(v, tri, w, cull)
+    table = jnp.concatenate([jnp.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1], x[:, 2], y[:, 2]], 1),
+                             z, q], axis=1).astype(jnp.float32)
+    jmin, imin, jmax, imax, nx, ny = _bbox(x, y, ok, h, wd)
+    ntx = jnp.ceil(nx / tile)
+    nty = jnp.ceil(ny / tile)
+    countf = ntx * nty
+    overflow = jnp.sum(countf) > _INT_LIMIT
+    count = jnp.where(overflow, 0, countf.astype(jnp.int32))
+    offsets = _cumsum_int(count) - count  # exclusive
+    total = jnp.sum(count)
+    # ints below 2**24 are exact in float32: one gather fetches everything a tile needs
+    tab = jnp.concatenate(
+        [table, jnp.stack([jmin, imin, jmax, imax, jnp.maximum(ntx, 1.0)], 1).astype(jnp.float32)],
+        axis=1)
+    offs_tab = offsets
+    ty_, tx_ = jnp.meshgrid(jnp.arange(tile, dtype=jnp.int32), jnp.arange(tile, dtype=jnp.int32),
+                            indexing="ij")
+    ty_, tx_ = ty_.reshape(-1), tx_.reshape(-1)
+
+    def frag_data(k):
+        base = k * chunk
+        rel = offsets - base
+        inrange = (rel >= 1) & (rel < chunk)
+        marks = jnp.zeros((chunk,), jnp.int32).at[jnp.where(inrange, rel, chunk)].add(
+            1, mode="drop")
+        before = jnp.sum(offsets <= base) - 1
+        t = jnp.clip(before + _cumsum_int(marks), 0, max(nf - 1, 0))
+        f = base + jnp.arange(chunk, dtype=jnp.int32)
+        valid = f < total
+        row = tab[t]
+        local = f - offs_tab[t]
+        ntxt = row[:, 16].astype(jnp.int32)
+        col0 = row[:, 12].astype(jnp.int32) + (local % ntxt) * tile
+        row0 = row[:, 13].astype(jnp.int32) + (local // ntxt) * tile
+        col = col0[:, None] + tx_[None, :]
+        rr = row0[:, None] + ty_[None, :]
+        valid = (valid[:, None] & (col <= row[:, 14:15].astype(jnp.int32))
+                 & (rr <= row[:, 15:16].astype(jnp.int32)))
+        px = col.astype(jnp.float32) + 0.5
+        py = rr.astype(jnp.float32) + 0.5
+        inside, depth = _eval_fragments(row[:, None, :12], px, py, valid)
+        pix = jnp.where(inside, rr * wd + col, npix).reshape(-1)
+        return jnp.broadcast_to(t[:, None], inside.shape).reshape(-1), pix, depth.reshape(-1)
+
+    n_chunks = (total + chunk - 1) // chunk
+    # chunk 0 is evaluated once and reused by both sweeps (usually the only chunk)
+    t0, pix0, depth0 = frag_data(jnp.int32(0))
+
+    def depth_body(carry):
+        k, zbuf = carry
+        _, pix, depth = frag_data(k)
+        return k + 1, zbuf.at[pix].min(depth, mode="drop")
+
+    def id_body(carry):
+        k, zbuf, ids = carry
+        t, pix, depth = frag_data(k)
+        hit = depth == zbuf[jnp.minimum(pix, npix - 1)]
+        pix = jnp.where(hit, pix, npix)
+        return k + 1, zbuf, ids.at[pix].min(t, mode="drop")
+
+    zbuf = jnp.full((npix,), jnp.inf, jnp.float32).at[pix0].min(depth0, mode="drop")
+    ids = jnp.full((npix,), _BIG_ID, jnp.int32)
+    _, zbuf = jax.lax.while_loop(lambda c: c[0] < n_chunks, depth_body, (jnp.int32(1), zbuf))
+    # dense fallback (only when the fragment count overflows int32 arithmetic)
+    n_blocks = jnp.where(overflow, (nf + dense_block - 1) // dense_block, 0)
+    pys, pxs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) + 0.5,
+                            jnp.arange(wd, dtype=jnp.float32) + 0.5, indexing="ij")
+    pxs, pys = pxs.reshape(-1), pys.reshape(-1)
+    okpad = jnp.concatenate([ok, jnp.zeros((dense_block,), bool)])
+    tabpad = jnp.concatenate([table, jnp.zeros((dense_block, 12), jnp.float32)])
+
+    def dense_eval(b):
+        tids = b * dense_block + jnp.arange(dense_block, dtype=jnp.int32)
+        tb = jax.lax.dynamic_slice_in_dim(tabpad, b * dense_block, dense_block)
+        okb = jax.lax.dynamic_slice_in_dim(okpad, b * dense_block, dense_block)
+        inside, depth = _eval_fragments(tb[:, None, :], pxs[None, :], pys[None, :],
+                                        okb[:, None])
+        pix = jnp.where(inside, jnp.arange(npix, dtype=jnp.int32)[None, :], npix)
+        tids = jnp.broadcast_to(tids[:, None], pix.shape)
+        return tids.reshape(-1), pix.reshape(-1), depth.reshape(-1)
+
+    def dense_depth(carry):
+        b, zb = carry
+        _, pix, depth = dense_eval(b)
+        return b + 1, zb.at[pix].min(depth, mode="drop")
+
+    def dense_id(carry):
+        b, zb, idb = carry
+        t, pix, depth = dense_eval(b)
+        hit = depth == zb[jnp.minimum(pix, npix - 1)]
+        return b + 1, zb, idb.at[jnp.where(hit, pix, npix)].min(t, mode="drop")
+
+    _, zbuf = jax.lax.while_loop(lambda c: c[0] < n_blocks, dense_depth, (jnp.int32(0), zbuf))
+    hit0 = depth0 == zbuf[jnp.minimum(pix0, npix - 1)]
+    ids = ids.at[jnp.where(hit0, pix0, npix)].min(t0, mode="drop")
+    _, _, ids = jax.lax.while_loop(lambda c: c[0] < n_chunks, id_body,
+                                   (jnp.int32(1), zbuf, ids))
+    _, _, ids = jax.lax.while_loop(lambda c: c[0] < n_blocks, dense_id,
+                                   (jnp.int32(0), zbuf, ids))
+    return ids
+
+
+def barycentric_from_ids(
+    screen_vertices: jax.Array,
+    triangles: jax.Array,
+    triangle_id: jax.Array,
+    w: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Differentiable barycentrics and depth of pixel centres in given triangles.
+
+    Args:
+      screen_vertices: ``(V, 3)`` pixel x, y and depth z.
+      triangles: ``(F, 3)`` int.
+      triangle_id: ``(H, W)`` int32, ``-1`` for background.
+      w: optional ``(V,)`` per-vertex clip-space w (e.g. camera-space z) for perspective
+        correction.
+
+    Returns:
+      ``barycentric (H, W, 3)`` (zeros on background) and ``depth (H, W)`` (``+inf`` on
+      background). Gradients flow to ``screen_vertices`` and ``w``; they are finite everywhere.
+    """
+    h, wd = triangle_id.shape
+    covered = triangle_id >= 0
+    tid = jnp.where(covered, triangle_id, 0)
+    nf = triangles.shape[0]
+    # one row gather per pixel from a per-triangle table (cheaper forward and backward)
+    cols = [screen_vertices[triangles].reshape(nf, 9)]
+    if w is not None:
+        cols.append(w[triangles])
+    table = jnp.concatenate(cols, axis=1) if len(cols) > 1 else cols[0]
+    rows = table[tid]  # (H, W, 9 or 12)
+    p = rows[..., :9].reshape(h, wd, 3, 3)
+    x, y, z = p[..., 0], p[..., 1], p[..., 2]
+    py, px = jnp.meshgrid(jnp.arange(h, dtype=p.dtype) + 0.5, jnp.arange(wd, dtype=p.dtype) + 0.5,
+                          indexing="ij")
+    x0, x1, x2 = x[..., 0], x[..., 1], x[..., 2]
+    y0, y1, y2 = y[..., 0], y[..., 1], y[..., 2]
+    e0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)
+    e1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)
+    e2 = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
+    e = jnp.stack([e0, e1, e2], axis=-1)
+    if w is not None:
+        wv = rows[..., 9:12]
+        wv = jnp.where(covered[..., None] & (wv != 0), wv, 1.0)
+        e = e / wv
+    den = jnp.sum(e, axis=-1, keepdims=True)
+    good = covered[..., None] & (den != 0)
+    bary = jnp.where(good, e / jnp.where(good, den, 1.0), 0.0)
+    depth = jnp.sum(bary * z, axis=-1)
+    depth = jnp.where(covered, depth, jnp.inf)
+    return bary, depth
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
+def _rasterize_single(sv, tri, w, h, wd, chunk, tile, cull, dense_block):
+    ids = _zbuffer(sv, tri, w, h, wd, chunk, tile, cull, dense_block)
+    tid = jnp.where(ids == _BIG_ID, -1, ids).reshape(h, wd)
+    bary, depth = barycentric_from_ids(sv, tri, tid, w)
+    return Fragments(triangle_id=tid, barycentric=bary, depth=depth)
+
+
+def default_fragment_chunk(image_size: tuple[int, int], tile: int = 2) -> int:
+    """Default static chunk length (in tiles) of the fragment loop:
+    ``max(3 * H * W / tile**2, 4096)`` (room for ~3x overdraw of bounding-box tiles; more
+    tiles are processed in further chunks, never dropped)."""
+    return max(3 * int(image_size[0]) * int(image_size[1]) // (tile * tile), 4096)
+
+
+def rasterize(
+    screen_vertices: jax.Array,
+    triangles: jax.Array,
+    image_size: tuple[int, int],
+    w: jax.Array | None = None,
+    *,
+    cull_backfaces: bool = False,
+    fragment_chunk: int | None = None,
+    tile: int = 2,
+) -> Fragments:
+    """Rasterise triangles with a z-buffer (nearest = smallest depth wins).
+
+    Args:
+      screen_vertices: ``(V, 3)`` or batched ``(B, V, 3)``: x, y in pixels (pixel centres at
+        ``i + 0.5``, x right, y down) and depth z (smaller is nearer).
+      triangles: ``(F, 3)`` int vertex indices, shared across the batch. Any count (ids are
+        int32); zero-area, non-finite and off-screen triangles are ignored.
+      image_size: ``(H, W)`` (static).
+      w: optional ``(V,)`` / ``(B, V)`` clip-space w per vertex (e.g. camera-space z) to make
+        the barycentrics and depth perspective-correct: ``b_i ∝ e_i / w_i``.
+      cull_backfaces: if True, drop triangles that appear clockwise on screen as viewed (x right,
+        y down), i.e. keep triangles whose signed area
+        ``(x1-x0)(y2-y0) - (x2-x0)(y1-y0)`` is negative (counter-clockwise as seen on screen).
+      fragment_chunk: static number of ``tile x tile`` pixel tiles per chunk of the fragment
+        loop (performance only; default :func:`default_fragment_chunk`).
+      tile: static side of the pixel tiles a triangle's bounding box is cut into (performance
+        only; 2 suits triangles of a few pixels, larger values suit larger triangles).
+
+    Returns:
+      :class:`Fragments` with ``(…, H, W)`` fields. Ties in depth go to the smallest triangle id.
+      ``triangle_id`` is not differentiable; ``barycentric``/``depth`` are, w.r.t.
+      ``screen_vertices`` and ``w``.
+    """
+    sv, tri, (h, wd), w = _check_inputs(screen_vertices, triangles, image_size, w)
+    tile = int(tile)
+    if tile <= 0:
+        raise ValueError(f"tile must be positive, got {tile}")
+    chunk = (int(fragment_chunk) if fragment_chunk is not None
+             else default_fragment_chunk((h, wd), tile))
+    if chunk <= 0:
+        raise ValueError(f"fragment_chunk must be positive, got {chunk}")
+    dense_block = max(1, min(64, (1 << 22) // (h * wd)))
+    if sv.ndim == 3:
+        return _rasterize_batched(sv, tri, w, h, wd, chunk, tile, bool(cull_backfaces),
+                                  dense_block)
+    return _rasterize_single(sv, tri, w, h, wd, chunk, tile, bool(cull_backfaces), dense_block)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
+def _rasterize_batched(sv, tri, w, h, wd, chunk, tile, cull, dense_block):
+    return jax.vmap(
+        lambda s, ww: _rasterize_single(s, tri, ww, h, wd, chunk, tile, cull, dense_block)
+    )(sv, w)

@@ -1,0 +1,149 @@
+"""Landmark fitting: synthetic recovery, contour behaviour, batching, bad input."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxface.camera import PerspectiveCamera, project
+from jaxface.fit import MODEL_TO_CAMERA, fit_landmarks, model_vertices_camera
+from jaxface.geometry import axis_angle_to_matrix
+from jaxface.models import landmarks, load_default, vertices
+
+H, W = 480, 640
+CAM = PerspectiveCamera(fx=640.0, fy=640.0, cx=W / 2, cy=H / 2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_default()
+
+
+def _synthetic(model, seed, rotvec, noise_px=0.0):
+    rng = np.random.default_rng(seed)
+    ident = rng.normal(0, 1, model.n_identity).astype(np.float32) * np.asarray(model.identity_std)
+    expr = np.zeros(model.n_expression, np.float32)
+    expr[list(model.expression_names).index("jawOpen")] = 0.3
+    verts = vertices(model, ident, expr)
+    rot = axis_angle_to_matrix(jnp.asarray(rotvec, jnp.float32)) @ MODEL_TO_CAMERA
+    t = jnp.array([15.0, -10.0, 650.0])
+    lm = project(CAM, landmarks(model, verts) @ rot.T + t)
+    lm = lm + rng.normal(0, noise_px, lm.shape).astype(np.float32)
+    return dict(lm=np.asarray(lm), rot=np.asarray(rot), t=np.asarray(t), verts=verts)
+
+
+def _angle_deg(r1, r2):
+    c = (np.trace(np.asarray(r1).T @ np.asarray(r2)) - 1) / 2
+    return np.degrees(np.arccos(np.clip(c, -1, 1)))
+
+
+def test_recovers_pose_from_exact_landmarks(model):
+    s = _synthetic(model, 0, [0.1, 0.35, 0.05])
+    # a weak prior: exact data should then be explained almost exactly
+    r = fit_landmarks(model, s["lm"], (H, W), focal=640.0, use_contour=False,
+                      lambda_identity=0.01, lambda_expression=0.01, inner_iterations=20)
+    assert float(r.rmse_px) < 0.5
+    assert _angle_deg(r.rotation, s["rot"]) < 2.0
+    # depth is the weakly observed direction (scale/identity ambiguity): within 3 %
+    assert abs(float(r.translation[2]) - 650.0) < 0.03 * 650.0
+    assert np.all(np.asarray(r.expression) >= 0) and np.all(np.asarray(r.expression) <= 1)
+
+
+def test_noise_level_residual_and_prior(model):
+    s = _synthetic(model, 1, [-0.05, -0.25, 0.0], noise_px=1.0)
+    r = fit_landmarks(model, s["lm"], (H, W), focal=640.0, use_contour=False)
+    # 2D noise of 1 px per axis: per-landmark error ~ 1.4 px; a good fit lands close to it
+    # and never far below it (that would be overfitting the noise) nor far above.
+    assert 0.6 < float(r.rmse_px) < 2.0
+    assert _angle_deg(r.rotation, s["rot"]) < 3.0
+
+
+def test_more_regularisation_means_smaller_coefficients(model):
+    s = _synthetic(model, 2, [0.0, 0.2, 0.0], noise_px=0.5)
+    weak = fit_landmarks(model, s["lm"], (H, W), lambda_identity=0.1, use_contour=False)
+    strong = fit_landmarks(model, s["lm"], (H, W), lambda_identity=100.0, use_contour=False)
+    assert np.linalg.norm(strong.identity) < 0.5 * np.linalg.norm(weak.identity)
+    assert float(strong.rmse_px) > float(weak.rmse_px)
+
+
+def test_contour_landmarks_slide_to_silhouette(model):
+    # A detector puts jaw landmarks on the visible outline. Emulate it: at the true pose, move
+    # each jaw landmark to the silhouette candidate nearest (in 3D) to its fixed vertex. The
+    # contour fit must explain those points better than the fixed-vertex fit.
+    from jaxface.mesh.normals import vertex_normals
+
+    s = _synthetic(model, 3, [0.0, 0.6, 0.0])
+    verts = np.asarray(s["verts"])
+    cam_v = verts @ s["rot"].T + s["t"]
+    normals = np.asarray(vertex_normals(jnp.asarray(cam_v), jnp.asarray(model.triangles)))
+    contour = model.contours["ibug68"]
+    base = np.asarray(model.landmarks["ibug68"].indices)[:, 0]
+    target = base.copy()
+    moved = 0
+    for li, cand in zip(np.asarray(contour.landmark_index), np.asarray(contour.candidates),
+                        strict=True):
+        cand = cand[cand >= 0]
+        view = cam_v[cand] / np.linalg.norm(cam_v[cand], axis=1, keepdims=True)
+        sil = cand[np.abs(np.sum(normals[cand] * view, 1)) < np.cos(np.radians(60))]
+        if sil.size:
+            target[li] = sil[np.argmin(np.linalg.norm(verts[sil] - verts[base[li]], axis=1))]
+            moved += int(target[li] != base[li])
+    assert moved >= 3  # the test is only meaningful if some jaw points move
+    lm = np.asarray(project(CAM, jnp.asarray(cam_v[target])))
+    kw = dict(focal=640.0)
+    fixed = fit_landmarks(model, lm, (H, W), use_contour=False, **kw)
+    cont = fit_landmarks(model, lm, (H, W), use_contour=True, **kw)
+    jaw = np.asarray(contour.landmark_index)
+    err_fixed = np.sqrt(np.mean(np.asarray(fixed.residuals)[jaw] ** 2))
+    err_cont = np.sqrt(np.mean(np.asarray(cont.residuals)[jaw] ** 2))
+    assert err_cont < 0.7 * err_fixed, (err_cont, err_fixed)
+    ids = np.asarray(cont.landmark_vertex_ids)
+    assert np.all(ids[17:] == base[17:])  # inner landmarks never move
+    # the fixed-vertex fit explains the outline by a wrong head turn; the contour fit does not
+    assert _angle_deg(cont.rotation, s["rot"]) < 0.5 * _angle_deg(fixed.rotation, s["rot"])
+
+
+def test_vmap_over_images_matches_single(model):
+    a = _synthetic(model, 4, [0.0, 0.3, 0.0], noise_px=0.5)["lm"]
+    b = _synthetic(model, 5, [0.1, -0.3, 0.1], noise_px=0.5)["lm"]
+    batched = jax.vmap(lambda lm: fit_landmarks(model, lm, (H, W), use_contour=False))(
+        jnp.stack([a, b]))
+    single = fit_landmarks(model, b, (H, W), use_contour=False)
+    np.testing.assert_allclose(batched.rotation[1], single.rotation, atol=2e-3)
+    np.testing.assert_allclose(batched.landmarks2d[1], single.landmarks2d, atol=0.05)
+
+
+def test_missing_landmarks_are_ignored(model):
+    s = _synthetic(model, 6, [0.0, 0.1, 0.0])
+    lm = s["lm"].copy()
+    lm[48:60] = np.nan  # mouth occluded
+    r = fit_landmarks(model, lm, (H, W), focal=640.0, use_contour=False, lambda_identity=0.01,
+                      lambda_expression=0.01)
+    res = np.asarray(r.residuals)
+    assert np.all(np.isnan(res[48:60])) and np.all(np.isfinite(res[:48]))
+    assert np.nanmean(res) < 0.6
+
+
+def test_focal_estimation_moves_towards_truth(model):
+    s = _synthetic(model, 7, [0.2, 0.5, 0.0])
+    r = fit_landmarks(model, s["lm"], (H, W), focal=900.0, estimate_focal=True, use_contour=False,
+                      lambda_focal=0.01)
+    assert abs(float(r.camera.fx) - 640.0) < abs(900.0 - 640.0)
+
+
+def test_fitted_mesh_in_front_of_camera(model):
+    s = _synthetic(model, 8, [0.0, 0.0, 0.0])
+    r = fit_landmarks(model, s["lm"], (H, W))
+    v = np.asarray(model_vertices_camera(model, r))
+    assert v[:, 2].min() > 0
+
+
+def test_bad_input(model):
+    with pytest.raises(ValueError, match=r"\(68, 2\)"):
+        fit_landmarks(model, np.zeros((5, 2)), (H, W))
+    with pytest.raises(ValueError, match="landmark set"):
+        fit_landmarks(model, np.zeros((68, 2)), (H, W), landmark_set="nope")
+    with pytest.raises(ValueError, match="robust"):
+        fit_landmarks(model, np.zeros((68, 2)) + 100, (H, W), robust="cauchy")

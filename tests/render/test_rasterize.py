@@ -1,0 +1,204 @@
+"""Hard rasteriser: agreement with the NumPy reference, batching, robustness, gradients."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxface.render import rasterize as rast_mod
+from jaxface.render.rasterize import Fragments, rasterize
+from jaxface.render.reference import fit_to_image, rasterize_reference
+
+
+def random_mesh(rng, n_vertices=60, n_faces=50, size=(40, 56), spread=6.0):
+    h, w = size
+    v = np.stack([rng.uniform(-spread, w + spread, n_vertices),
+                  rng.uniform(-spread, h + spread, n_vertices),
+                  rng.uniform(1.0, 10.0, n_vertices)], 1).astype(np.float32)
+    f = rng.integers(0, n_vertices, (n_faces, 3)).astype(np.int32)
+    return v, f
+
+
+def mismatch_fraction(ids, ref):
+    covered = max(int((ref >= 0).sum()), 1)
+    return float((np.asarray(ids) != ref).sum()) / covered
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("tile,chunk", [(2, None), (1, 37), (3, 5)])
+def test_matches_reference_random(seed, tile, chunk):
+    rng = np.random.default_rng(seed)
+    v, f = random_mesh(rng)
+    fr = rasterize(v, f, (40, 56), tile=tile, fragment_chunk=chunk)
+    ids, bary, depth = rasterize_reference(v, f, (40, 56))
+    assert fr.triangle_id.dtype == jnp.int32
+    assert fr.triangle_id.shape == (40, 56)
+    assert (ids >= 0).sum() > 500
+    assert mismatch_fraction(fr.triangle_id, ids) <= 1e-3
+    same = np.asarray(fr.triangle_id) == ids
+    m = same & (ids >= 0)
+    np.testing.assert_allclose(np.asarray(fr.barycentric)[m], bary[m], atol=2e-4)
+    np.testing.assert_allclose(np.asarray(fr.depth)[m], depth[m], rtol=1e-5, atol=1e-4)
+    assert np.all(np.isinf(np.asarray(fr.depth)[ids < 0]))
+    np.testing.assert_array_equal(np.asarray(fr.barycentric)[ids < 0], 0.0)
+
+
+def test_perspective_w_and_culling_match_reference(rng):
+    v, f = random_mesh(rng)
+    wv = rng.uniform(0.5, 3.0, v.shape[0]).astype(np.float32)
+    fr = rasterize(v, f, (40, 56), w=wv)
+    ids, bary, _ = rasterize_reference(v, f, (40, 56), w=wv)
+    assert mismatch_fraction(fr.triangle_id, ids) <= 1e-3
+    m = (np.asarray(fr.triangle_id) == ids) & (ids >= 0)
+    np.testing.assert_allclose(np.asarray(fr.barycentric)[m], bary[m], atol=2e-4)
+    np.testing.assert_allclose(np.asarray(fr.barycentric).sum(-1)[ids >= 0], 1.0, atol=1e-5)
+    fr_c = rasterize(v, f, (40, 56), cull_backfaces=True)
+    ids_c, _, _ = rasterize_reference(v, f, (40, 56), cull_backfaces=True)
+    assert mismatch_fraction(fr_c.triangle_id, ids_c) <= 1e-3
+    assert (ids_c >= 0).sum() < (ids >= 0).sum()
+
+
+def test_perspective_barycentrics_are_correct():
+    # a quad in 3D at slanted depth, projected with a pinhole; interpolating camera-space
+    # points with perspective-correct barycentrics must reproduce the ray/plane intersection
+    fx, cx, cy = 30.0, 16.0, 16.0
+    cam = np.array([[-1, -1, 2.0], [1, -1, 4.0], [1, 1, 4.0], [-1, 1, 2.0]])
+    scr = np.stack([fx * cam[:, 0] / cam[:, 2] + cx, fx * cam[:, 1] / cam[:, 2] + cy,
+                    cam[:, 2]], 1).astype(np.float32)
+    f = np.array([[0, 1, 2], [0, 2, 3]], np.int32)
+    fr = rasterize(scr, f, (32, 32), w=cam[:, 2].astype(np.float32))
+    from jaxface.render.interpolate import interpolate
+    p = np.asarray(interpolate(jnp.asarray(cam, jnp.float32), fr, f))
+    m = np.asarray(fr.mask)
+    assert m.sum() > 50
+    jj, ii = np.meshgrid(np.arange(32) + 0.5, np.arange(32) + 0.5)
+    # the point must lie on the pixel's ray: x/z = (u - cx)/fx
+    np.testing.assert_allclose((p[..., 0] / p[..., 2])[m], ((jj - cx) / fx)[m], atol=1e-4)
+    np.testing.assert_allclose((p[..., 1] / p[..., 2])[m], ((ii - cy) / fx)[m], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(fr.depth)[m], p[..., 2][m], rtol=1e-5)
+
+
+def test_ties_go_to_smallest_id_and_shared_edges_have_no_holes():
+    # a square split on its diagonal, duplicated at the same depth: the smaller ids win
+    v = np.array([[2, 2, 1], [30, 2, 1], [30, 30, 1], [2, 30, 1]], np.float32)
+    f = np.array([[0, 1, 2], [0, 2, 3], [0, 1, 2], [0, 2, 3]], np.int32)
+    fr = rasterize(v, f, (32, 32))
+    ids = np.asarray(fr.triangle_id)
+    inside = np.zeros((32, 32), bool)
+    inside[2:30, 2:30] = True
+    assert np.all(ids[inside] >= 0) and np.all(ids[~inside] == -1)
+    assert set(np.unique(ids[inside])) == {0, 1}
+
+
+def test_batch_and_vmap_and_jit(rng):
+    meshes = [random_mesh(np.random.default_rng(s), n_faces=30) for s in range(3)]
+    f = meshes[0][1]
+    vb = np.stack([m[0] for m in meshes])
+    fb = rasterize(vb, f, (40, 56))
+    fv = jax.vmap(lambda x: rasterize(x, f, (40, 56)))(jnp.asarray(vb))
+    fj = jax.jit(lambda x: rasterize(x, f, (40, 56)))(jnp.asarray(vb))
+    assert isinstance(fb, Fragments) and fb.triangle_id.shape == (3, 40, 56)
+    for b in range(3):
+        single = rasterize(vb[b], f, (40, 56))
+        for other in (fb, fv, fj):
+            np.testing.assert_array_equal(other.triangle_id[b], single.triangle_id)
+            np.testing.assert_allclose(other.barycentric[b], single.barycentric, atol=1e-6)
+
+
+def test_big_offscreen_degenerate_and_nan_triangles_are_harmless():
+    v = np.array([
+        [-500, -500, 5], [900, -500, 5], [-500, 900, 5],  # 0-2 screen-filling, far
+        [5, 5, 1], [20, 5, 1], [5, 20, 1],  # 3-5 small near
+        [10, 10, 0.5], [10, 10, 0.5], [10, 10, 0.5],  # 6-8 zero area, nearest
+        [1e6, 1e6, 0], [1e6 + 5, 1e6, 0], [1e6, 1e6 + 5, 0],  # 9-11 far off-screen
+        [np.nan, 3, 0], [20, 20, 0], [3, 20, 0],  # 12-14 NaN vertex
+    ], np.float32)
+    f = np.arange(15, dtype=np.int32).reshape(5, 3)
+    fr = rasterize(v, f, (24, 32))
+    ids = np.asarray(fr.triangle_id)
+    ref, _, _ = rasterize_reference(np.nan_to_num(v, nan=1e9), f[[0, 1, 2, 3]], (24, 32))
+    np.testing.assert_array_equal(ids, ref)
+    assert set(np.unique(ids)) == {0, 1}
+    assert np.isfinite(np.asarray(fr.barycentric)).all()
+
+
+def test_dense_fallback_when_fragment_count_overflows(monkeypatch, rng):
+    v, f = random_mesh(rng, n_faces=20)
+    monkeypatch.setattr(rast_mod, "_INT_LIMIT", 4.0)  # force the overflow path
+    fr = rasterize(v, f, (40, 56))
+    ids, _, _ = rasterize_reference(v, f, (40, 56))
+    assert mismatch_fraction(fr.triangle_id, ids) <= 1e-3
+
+
+def test_bad_inputs_raise():
+    v = np.zeros((3, 3), np.float32)
+    with pytest.raises(ValueError, match="screen_vertices"):
+        rasterize(np.zeros((3, 2)), [[0, 1, 2]], (8, 8))
+    with pytest.raises(ValueError, match="triangles"):
+        rasterize(v, [[0, 1, 3]], (8, 8))
+    with pytest.raises(ValueError, match="image_size"):
+        rasterize(v, [[0, 1, 2]], (8,))
+    with pytest.raises(ValueError, match="w must"):
+        rasterize(v, [[0, 1, 2]], (8, 8), w=np.ones(4))
+
+
+def test_ict_face_matches_reference(data_dir):
+    d = np.load(data_dir / "ict-facekit" / "ict_face_model_light.npz")
+    f = d["triangles"].astype(np.int32)
+    assert f.shape == (52220, 3)
+    size = (256, 256)
+    v = fit_to_image(d["neutral"], size)
+    fr = rasterize(v, f, size)
+    ids, _, _ = rasterize_reference(v, f, size)
+    assert (ids >= 0).sum() > 0.3 * 256 * 256
+    assert mismatch_fraction(fr.triangle_id, ids) <= 1e-3
+
+
+def _interior_loss(v, f, colors, size, w=None):
+    from jaxface.render.interpolate import interpolate
+    fr = rasterize(v, f, size, w=w)
+    img = interpolate(colors, fr, f)
+    weights = jnp.sin(jnp.arange(img.size, dtype=img.dtype)).reshape(img.shape)
+    return jnp.sum(img * weights)
+
+
+def test_interior_gradients_match_finite_differences():
+    from jax.experimental import enable_x64
+    with enable_x64():
+        v = jnp.array([[3.3, 4.1, 1.0], [25.7, 6.2, 2.0], [12.4, 27.9, 3.0],
+                       [28.1, 29.3, 2.5]], jnp.float64)
+        f = np.array([[0, 1, 2], [1, 3, 2]], np.int32)
+        colors = jnp.array([[1.0, 0.2], [0.1, 0.9], [0.5, 0.5], [0.3, 0.0]], jnp.float64)
+        wv = jnp.array([1.0, 1.5, 2.0, 1.2], jnp.float64)
+        for w in (None, wv):
+            g = jax.grad(_interior_loss)(v, f, colors, (32, 32), w)
+            eps = 1e-4
+            for idx in [(0, 0), (1, 1), (2, 0), (3, 1), (1, 2)]:
+                if idx[1] == 2 and w is None:
+                    continue  # depth does not change the image of non-overlapping triangles
+                dv = jnp.zeros_like(v).at[idx].set(eps)
+                fd = (_interior_loss(v + dv, f, colors, (32, 32), w)
+                      - _interior_loss(v - dv, f, colors, (32, 32), w)) / (2 * eps)
+                np.testing.assert_allclose(g[idx], fd, rtol=1e-5, atol=1e-7)
+                assert abs(float(fd)) > 0 or idx[1] == 2
+
+
+def test_no_nan_gradients_in_degenerate_cases():
+    f = np.array([[0, 1, 2], [3, 4, 5]], np.int32)
+    colors = jnp.ones((6, 3))
+    cases = {
+        "zero_area": np.array([[5, 5, 1], [5, 5, 1], [5, 5, 1], [1, 1, 2], [10, 1, 2],
+                               [1, 10, 2]], np.float32),
+        "border": np.array([[0, 0, 1], [16, 0, 1], [0, 16, 1], [16, 16, 1], [0, 16, 1],
+                            [16, 0, 1]], np.float32),
+        "empty": np.array([[-50, -50, 1], [-40, -50, 1], [-50, -40, 1], [100, 100, 1],
+                           [110, 100, 1], [100, 110, 1]], np.float32),
+    }
+    for name, v in cases.items():
+        g = jax.grad(_interior_loss)(jnp.asarray(v), f, colors, (16, 16))
+        assert np.isfinite(np.asarray(g)).all(), name
+        gw = jax.grad(lambda w, v=v: _interior_loss(jnp.asarray(v), f, colors, (16, 16), w))(
+            jnp.ones(6))
+        assert np.isfinite(np.asarray(gw)).all(), name
