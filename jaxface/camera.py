@@ -64,6 +64,14 @@ DEFAULT_NEAR = 1.0
 """Near-plane distance in mm: perspective division clamps ``z`` to at least this value."""
 
 
+_HI = jax.lax.Precision.HIGHEST
+
+
+def _mm(a: Any, b: Any) -> Array:
+    """``a @ b`` in full float32 precision (no TF32/bf16 passes on GPU/TPU)."""
+    return jnp.matmul(a, b, precision=_HI)
+
+
 def _f(x: Any) -> Array:
     x = jnp.asarray(x)
     return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
@@ -158,23 +166,23 @@ class Pose:
 
     def apply(self, points: Any) -> Array:
         """World points (..., 3) -> camera-frame points (..., 3)."""
-        return _f(points) @ jnp.swapaxes(self.rotation, -1, -2) + self.translation
+        return _mm(_f(points), jnp.swapaxes(self.rotation, -1, -2)) + self.translation
 
     def inverse(self) -> Pose:
         """The camera->world transform."""
         rt = jnp.swapaxes(self.rotation, -1, -2)
-        return Pose(rotation=rt, translation=-(rt @ self.translation))
+        return Pose(rotation=rt, translation=-_mm(rt, self.translation))
 
     def compose(self, other: Pose) -> Pose:
         """``self ∘ other`` (apply ``other`` first)."""
         return Pose(
-            rotation=self.rotation @ other.rotation,
-            translation=self.rotation @ other.translation + self.translation,
+            rotation=_mm(self.rotation, other.rotation),
+            translation=_mm(self.rotation, other.translation) + self.translation,
         )
 
     def camera_center(self) -> Array:
         """The camera centre in world coordinates, ``-R^T t`` (3,)."""
-        return -(jnp.swapaxes(self.rotation, -1, -2) @ self.translation)
+        return -_mm(jnp.swapaxes(self.rotation, -1, -2), self.translation)
 
     def to_similarity(self) -> Similarity:
         return Similarity(
@@ -250,7 +258,7 @@ def project(camera: Camera, points_cam: Any, near: float = DEFAULT_NEAR) -> Arra
         return camera.scale * p[..., :2] + centre
     if isinstance(camera, AffineCamera):
         m = _f(camera.matrix)
-        return p @ m[:, :3].T + m[:, 3]
+        return _mm(p, m[:, :3].T) + m[:, 3]
     raise _unsupported(camera)
 
 
@@ -269,7 +277,7 @@ def to_screen(camera: Camera, points_cam: Any, near: float = DEFAULT_NEAR) -> Sc
     if isinstance(camera, WeakPerspectiveCamera):
         z = p[..., 2]
     else:  # AffineCamera (project() has rejected anything else)
-        z = p @ _affine_direction(_f(camera.matrix))
+        z = _mm(p, _affine_direction(_f(camera.matrix)))
     ones = jnp.ones_like(z)
     return Screen(jnp.concatenate([uv, z[..., None]], -1), ones, jnp.ones(z.shape, bool))
 
@@ -300,7 +308,7 @@ def unproject(camera: Camera, pixels: Any, depth: Any) -> Array:
         m = _f(camera.matrix)
         a = jnp.concatenate([m[:, :3], _affine_direction(m)[None]], axis=0)  # (3, 3)
         rhs = jnp.concatenate([px - m[:, 3], z[..., None]], axis=-1)
-        return rhs @ jnp.linalg.inv(a).T
+        return _mm(rhs, jnp.linalg.inv(a).T)
     raise _unsupported(camera)
 
 
@@ -357,7 +365,7 @@ def look_at(eye: Any, target: Any, up: Any = (0.0, 1.0, 0.0)) -> tuple[Array, Ar
     x = unit(jnp.cross(f, up.astype(dtype)))
     y = jnp.cross(f, x)
     r = jnp.stack([x, y, f], axis=-2)
-    t = -jnp.einsum("...ij,...j->...i", r, eye.astype(dtype))
+    t = -jnp.einsum("...ij,...j->...i", r, eye.astype(dtype), precision=_HI)
     return r, t
 
 
@@ -384,13 +392,17 @@ def estimate_affine_camera(points3d: Any, points2d: Any, weights: Any = None) ->
     # isotropic normalisation (centroid to 0, RMS distance sqrt(3) resp. sqrt(2))
     m3 = jnp.sum(w[:, None] * x3, 0) / wsum
     m2 = jnp.sum(w[:, None] * x2, 0) / wsum
-    s3 = jnp.sqrt(3.0) / jnp.sqrt(jnp.maximum(jnp.sum(w * jnp.sum((x3 - m3) ** 2, 1)) / wsum, 1e-30))
-    s2 = jnp.sqrt(2.0) / jnp.sqrt(jnp.maximum(jnp.sum(w * jnp.sum((x2 - m2) ** 2, 1)) / wsum, 1e-30))
+
+    def rms(x: Array, m: Array) -> Array:
+        return jnp.sqrt(jnp.maximum(jnp.sum(w * jnp.sum((x - m) ** 2, 1)) / wsum, 1e-30))
+
+    s3 = jnp.sqrt(3.0) / rms(x3, m3)
+    s2 = jnp.sqrt(2.0) / rms(x2, m2)
     a = jnp.concatenate([(x3 - m3) * s3, jnp.ones((n, 1), x3.dtype)], 1)  # (N, 4)
     b = (x2 - m2) * s2  # (N, 2)
     sw = jnp.sqrt(w)[:, None]
     pn = jnp.linalg.lstsq(a * sw, b * sw)[0].T  # (2, 4) in normalised coordinates
     # undo: x = m2 + (1/s2) * Pn @ (s3 (X - m3), 1)
     lin = pn[:, :3] * s3 / s2
-    off = m2 + pn[:, 3] / s2 - lin @ m3
+    off = m2 + pn[:, 3] / s2 - _mm(lin, m3)
     return AffineCamera(matrix=jnp.concatenate([lin, off[:, None]], axis=1))

@@ -66,6 +66,14 @@ _SMALL_SQ = 1e-2
 _TINY = 1e-24
 
 
+_HI = jax.lax.Precision.HIGHEST
+
+
+def _mm(a: Any, b: Any) -> Array:
+    """``a @ b`` in full float32 precision (no TF32/bf16 passes on GPU/TPU)."""
+    return jnp.matmul(a, b, precision=_HI)
+
+
 def _check_last(x: Any, n: int, name: str) -> Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -226,6 +234,30 @@ def quaternion_to_matrix(q: Any) -> Array:
     return jnp.stack([jnp.stack(row, axis=-1) for row in r], axis=-2)
 
 
+def _shepperd_tables() -> tuple[list[list[list[float]]], list[list[float]]]:
+    """Linear maps from ``R.ravel()`` to ``4 q_c q`` for each pivot ``c`` of Shepperd's method
+    (a quaternion's outer product ``q q^T`` is affine in ``R``)."""
+    # entries of 4 q q^T as (coefficients over R.ravel() index, constant)
+    def e(*terms: tuple[int, float], const: float = 0.0) -> tuple[list[float], float]:
+        row = [0.0] * 9
+        for k, c in terms:
+            row[k] = c
+        return row, const
+
+    # R.ravel() indices: 00->0 01->1 02->2 10->3 11->4 12->5 20->6 21->7 22->8
+    ww = e((0, 1.0), (4, 1.0), (8, 1.0), const=1.0)
+    xx = e((0, 1.0), (4, -1.0), (8, -1.0), const=1.0)
+    yy = e((0, -1.0), (4, 1.0), (8, -1.0), const=1.0)
+    zz = e((0, -1.0), (4, -1.0), (8, 1.0), const=1.0)
+    wx, wy, wz = e((7, 1.0), (5, -1.0)), e((2, 1.0), (6, -1.0)), e((3, 1.0), (1, -1.0))
+    xy, xz, yz = e((3, 1.0), (1, 1.0)), e((2, 1.0), (6, 1.0)), e((5, 1.0), (7, 1.0))
+    rows = [[ww, wx, wy, wz], [wx, xx, xy, xz], [wy, xy, yy, yz], [wz, xz, yz, zz]]
+    return ([[r[0] for r in c] for c in rows], [[r[1] for r in c] for c in rows])
+
+
+_SHEPPERD, _SHEPPERD_OFFSET = _shepperd_tables()
+
+
 def matrix_to_quaternion(matrix: Any) -> Array:
     """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions ``(w, x, y, z)``, ``w >= 0``.
 
@@ -234,31 +266,15 @@ def matrix_to_quaternion(matrix: Any) -> Array:
     gradients for every rotation, including ``theta = pi``.
     """
     m = _check_matrix(matrix)
-    m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
-    m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
-    m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
-    sq = jnp.stack(
-        [
-            1 + m00 + m11 + m22,  # 4 w^2
-            1 + m00 - m11 - m22,  # 4 x^2
-            1 - m00 + m11 - m22,  # 4 y^2
-            1 - m00 - m11 + m22,  # 4 z^2
-        ],
-        axis=-1,
-    )
-    piv = jnp.sqrt(jnp.maximum(sq, _TINY))  # 2|q_i|
-    cands = jnp.stack(
-        [
-            jnp.stack([sq[..., 0], m21 - m12, m02 - m20, m10 - m01], -1),
-            jnp.stack([m21 - m12, sq[..., 1], m10 + m01, m02 + m20], -1),
-            jnp.stack([m02 - m20, m10 + m01, sq[..., 2], m12 + m21], -1),
-            jnp.stack([m10 - m01, m20 + m02, m21 + m12, sq[..., 3]], -1),
-        ],
-        axis=-2,
-    )  # (..., 4 candidates, 4)
-    cands = cands / (2.0 * jnp.maximum(piv, 0.1))[..., None]
-    best = jnp.argmax(sq, axis=-1)
-    onehot = jax.nn.one_hot(best, 4, dtype=m.dtype)
+    flat = m.reshape(m.shape[:-2] + (9,))
+    # every candidate numerator is affine in the 9 entries of R: one small matmul
+    num = jnp.einsum(
+        "cqk,...k->...cq", jnp.asarray(_SHEPPERD, m.dtype), flat, precision=_HI
+    ) + jnp.asarray(_SHEPPERD_OFFSET, m.dtype)  # (..., 4 candidates, 4): candidate c is 4 q_c * q
+    sq = jnp.diagonal(num, axis1=-2, axis2=-1)  # 4 q_c^2
+    piv = jnp.sqrt(jnp.maximum(sq, _TINY))  # 2 |q_c|
+    cands = num / (2.0 * jnp.maximum(piv, 0.1))[..., None]
+    onehot = jax.nn.one_hot(jnp.argmax(sq, axis=-1), 4, dtype=m.dtype)
     q = jnp.sum(onehot[..., :, None] * cands, axis=-2)
     q = jnp.where(q[..., :1] < 0, -q, q)
     return _normalize(q)
@@ -322,7 +338,7 @@ def rotation_z(angle: Any) -> Array:
 def euler_to_matrix(angles: Any) -> Array:
     """``(pitch, yaw, roll)`` radians (..., 3) -> ``Rz(roll) @ Ry(yaw) @ Rx(pitch)`` (..., 3, 3)."""
     a = _check_last(angles, 3, "angles")
-    return rotation_z(a[..., 2]) @ rotation_y(a[..., 1]) @ rotation_x(a[..., 0])
+    return _mm(_mm(rotation_z(a[..., 2]), rotation_y(a[..., 1])), rotation_x(a[..., 0]))
 
 
 def matrix_to_euler(matrix: Any) -> Array:
@@ -401,21 +417,21 @@ class Similarity:
         r = jnp.asarray(self.rotation)
         if p.ndim < 1 or p.shape[-1] != r.shape[-1]:
             raise ValueError(f"points must have shape (..., {r.shape[-1]}), got {tuple(p.shape)}")
-        return self.scale * (p @ r.T) + self.translation
+        return self.scale * _mm(p, r.T) + self.translation
 
     def compose(self, other: Similarity) -> Similarity:
         """``self ∘ other``: apply ``other`` first, then ``self``."""
         return Similarity(
             scale=self.scale * other.scale,
-            rotation=self.rotation @ other.rotation,
-            translation=self.scale * (self.rotation @ other.translation) + self.translation,
+            rotation=_mm(self.rotation, other.rotation),
+            translation=self.scale * _mm(self.rotation, other.translation) + self.translation,
         )
 
     def inverse(self) -> Similarity:
         """The inverse transform: ``x -> (1/s) R^T (x - t)``."""
         rt = jnp.swapaxes(jnp.asarray(self.rotation), -1, -2)
         inv_s = 1.0 / self.scale
-        return Similarity(scale=inv_s, rotation=rt, translation=-inv_s * (rt @ self.translation))
+        return Similarity(scale=inv_s, rotation=rt, translation=-inv_s * _mm(rt, self.translation))
 
 
 def umeyama(src: Any, dst: Any, with_scale: bool = True, weights: Any = None) -> Similarity:
@@ -456,11 +472,11 @@ def umeyama(src: Any, dst: Any, with_scale: bool = True, weights: Any = None) ->
     mu_d = jnp.sum(w[:, None] * dst, axis=0) / wsum
     sc = src - mu_s
     dc = dst - mu_d
-    cov = (dc * w[:, None]).T @ sc / wsum  # (D, D)
+    cov = _mm((dc * w[:, None]).T, sc) / wsum  # (D, D)
     u, sv, vt = jnp.linalg.svd(cov)
     sign = jnp.where(jnp.linalg.det(u) * jnp.linalg.det(vt) < 0, -1.0, 1.0).astype(dtype)
     fix = jnp.ones((d,), dtype).at[-1].set(sign)
-    rot = (u * fix) @ vt
+    rot = _mm(u * fix, vt)
     if with_scale:
         var_s = jnp.sum(w * jnp.sum(sc * sc, axis=1)) / wsum
         degenerate = var_s <= jnp.finfo(dtype).tiny
@@ -469,5 +485,5 @@ def umeyama(src: Any, dst: Any, with_scale: bool = True, weights: Any = None) ->
         ).astype(dtype)
     else:
         scale = jnp.ones((), dtype)
-    trans = mu_d - scale * (rot @ mu_s)
+    trans = mu_d - scale * _mm(rot, mu_s)
     return Similarity(scale=scale, rotation=rot, translation=trans)

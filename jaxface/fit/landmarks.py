@@ -165,7 +165,8 @@ def fit_landmarks(model: MorphableModel, landmarks: Any, image_size: tuple[int, 
       landmarks: (L, 2) detected landmarks in pixels (OpenCV convention), in the order of the
         model's landmark set. NaN rows are treated as missing. Batch with ``jax.vmap``.
       image_size: (H, W) of the image (static).
-      weights: (L,) per-landmark confidences in [0, 1] (default 1).
+      weights: (L,) per-landmark confidences in [0, 1] (default 1). Landmarks the model marks
+        undefined (``LandmarkSet.valid``) get weight 0.
       focal: focal length in pixels (default ``max(H, W)``, about a 53 degree field of view);
         the starting point and prior centre when ``estimate_focal``.
       config: a FitConfig; keyword ``overrides`` replace its fields.
@@ -188,6 +189,8 @@ def fit_landmarks(model: MorphableModel, landmarks: Any, image_size: tuple[int, 
     h, w = (int(s) for s in image_size)
     weights = jnp.ones((n_lm,), jnp.float32) if weights is None else jnp.asarray(
         weights, jnp.float32).reshape(n_lm)
+    # landmarks the model does not define (LandmarkSet.valid) never enter the energy
+    weights = weights * jnp.asarray(model.landmarks[cfg.landmark_set].valid_mask(), jnp.float32)
     f0 = float(max(h, w)) if focal is None else focal
     return _fit(model, landmarks, weights, jnp.asarray(f0, jnp.float32), (h, w), cfg)
 

@@ -49,22 +49,34 @@ FORMAT_VERSION = 1
 class LandmarkSet:
     """L landmarks, each a fixed convex combination of three model vertices.
 
+    A model that lacks some landmarks of a standard scheme (e.g. an eos mapping without the
+    inner-mouth points of iBUG-68) keeps the scheme's order and marks the missing rows
+    ``valid = False``; their indices/weights are placeholders and fitting ignores them.
+
     Attributes:
       indices: (L, 3) int32 vertex ids.
       weights: (L, 3) float32 weights summing to 1 per row.
+      valid: (L,) bool, or None when every landmark is defined.
     """
 
     indices: Any
     weights: Any
+    valid: Any = None
 
     @classmethod
-    def from_vertex_ids(cls, ids: Any) -> LandmarkSet:
-        """Landmarks that sit exactly on vertices ``ids`` (L,)."""
-        ids = np.asarray(ids, dtype=np.int32).reshape(-1)
-        idx = np.repeat(ids[:, None], 3, axis=1)
+    def from_vertex_ids(cls, ids: Any, valid: Any = None) -> LandmarkSet:
+        """Landmarks that sit exactly on vertices ``ids`` (L,); ``valid`` (L,) marks defined rows
+        (undefined rows may hold any id, e.g. -1, and are stored as vertex 0)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if valid is not None:
+            valid = np.asarray(valid, bool).reshape(-1)
+            if valid.shape != ids.shape:
+                raise ValueError(f"valid has shape {valid.shape}, ids {ids.shape}")
+            ids = np.where(valid, ids, 0)
+        idx = np.repeat(ids.astype(np.int32)[:, None], 3, axis=1)
         w = np.zeros((ids.shape[0], 3), np.float32)
         w[:, 0] = 1.0
-        return cls(indices=idx, weights=w)
+        return cls(indices=idx, weights=w, valid=valid)
 
     @classmethod
     def from_barycentric(cls, triangles: Any, face_ids: Any, bary: Any) -> LandmarkSet:
@@ -80,6 +92,12 @@ class LandmarkSet:
 
     def __len__(self) -> int:
         return int(np.shape(self.indices)[0])
+
+    def valid_mask(self) -> Any:
+        """(L,) bool: which landmarks are defined (all True when ``valid`` is None)."""
+        if self.valid is None:
+            return np.ones((len(self),), bool)
+        return self.valid
 
 
 @pytree_dataclass
@@ -350,7 +368,9 @@ def make_model(*, mean: Any, identity_basis: Any, triangles: Any, identity_std: 
         uv=None if uv is None else f32(uv, "uv", src),
         uv_triangles=None if uv_triangles is None else _as_i32(uv_triangles, "uv_triangles", src),
         landmarks={k: LandmarkSet(_as_i32(v.indices, f"landmarks/{k}/indices", src),
-                                  f32(v.weights, f"landmarks/{k}/weights", src))
+                                  f32(v.weights, f"landmarks/{k}/weights", src),
+                                  None if v.valid is None
+                                  else _as_mask(v.valid, f"landmarks/{k}/valid", src))
                    for k, v in (landmarks or {}).items()},
         contours={k: ContourSet(_as_i32(v.landmark_index, f"contours/{k}/landmark_index", src),
                                 _as_i32(v.candidates, f"contours/{k}/candidates", src))
@@ -486,7 +506,11 @@ def validate(model: MorphableModel, source: str | None = None) -> MorphableModel
         if idx.size and (idx.min() < 0 or idx.max() >= v):
             fail(f"landmarks/{k}", f"vertex ids must lie in [0, {v})")
         finite(f"landmarks/{k}/weights", w)
-        if idx.size and not np.allclose(w.sum(axis=1), 1.0, atol=1e-4):
+        if lm.valid is not None and np.shape(lm.valid) != (idx.shape[0],):
+            fail(f"landmarks/{k}/valid", f"expected shape ({idx.shape[0]},), found "
+                                         f"{np.shape(lm.valid)}")
+        ok = np.asarray(lm.valid_mask(), bool)
+        if idx.size and not np.allclose(w[ok].sum(axis=1), 1.0, atol=1e-4):
             fail(f"landmarks/{k}", "weights must sum to 1 per landmark")
     for k, c in model.contours.items():
         li, cand = np.asarray(c.landmark_index), np.asarray(c.candidates)
@@ -544,14 +568,16 @@ def restrict(model: MorphableModel, vertex_mask: Any) -> MorphableModel:
     lms = {}
     for k, lm in model.landmarks.items():
         idx, w = np.asarray(lm.indices), np.asarray(lm.weights)
-        needed = (w != 0)
+        ok = np.asarray(lm.valid_mask(), bool)
+        needed = (w != 0) & ok[:, None]
         if not mask[idx[needed]].all():
             warnings.warn(f"restrict: landmark set {k!r} loses vertices and is dropped",
                           stacklevel=2)
             continue
-        # zero-weight slots may point at dropped vertices: point them at the first slot.
-        idx = np.where(needed | mask[idx], idx, idx[:, :1])
-        lms[k] = LandmarkSet(new_id[idx].astype(np.int32), w.astype(np.float32))
+        # zero-weight slots and undefined rows may point at dropped vertices: re-point them.
+        fallback = np.where(mask[idx[:, :1]], idx[:, :1], int(np.argmax(mask)))
+        idx = np.where(needed | mask[idx], idx, fallback)
+        lms[k] = LandmarkSet(new_id[idx].astype(np.int32), w.astype(np.float32), lm.valid)
     contours = {}
     for k, c in model.contours.items():
         if k not in lms:
@@ -653,6 +679,8 @@ def save_npz(model: MorphableModel, path: str | os.PathLike, *, compressed: bool
     for k, lm in model.landmarks.items():
         out[f"landmarks/{k}/indices"] = np.asarray(lm.indices, np.int32)
         out[f"landmarks/{k}/weights"] = np.asarray(lm.weights, np.float32)
+        if lm.valid is not None:
+            out[f"landmarks/{k}/valid"] = np.asarray(lm.valid, bool)
     for k, c in model.contours.items():
         out[f"contours/{k}/landmark_index"] = np.asarray(c.landmark_index, np.int32)
         out[f"contours/{k}/candidates"] = np.asarray(c.candidates, np.int32)
@@ -710,7 +738,8 @@ def load_npz(path: str | os.PathLike) -> MorphableModel:
         else:
             raise ModelFormatError("unknown key", source=src, field=key)
     try:
-        lms = {k: LandmarkSet(d["indices"], d["weights"]) for k, d in groups["landmarks"].items()}
+        lms = {k: LandmarkSet(d["indices"], d["weights"], d.get("valid"))
+               for k, d in groups["landmarks"].items()}
         cts = {k: ContourSet(d["landmark_index"], d["candidates"])
                for k, d in groups["contours"].items()}
     except KeyError as e:

@@ -19,7 +19,7 @@ Algorithm (exact, no fixed capacity that can drop anything):
    broken by the smallest triangle id and there is no limit on the number of triangles (ids are
    int32; no depth quantisation).
 4. If ``N`` does not fit int32 arithmetic (a pathological input such as hundreds of thousands of
-   screen-filling triangles), a dense fallback loop processes blocks of triangles against every
+   screen-filling triangles), a dense fallback loop processes triangles one by one against every
    pixel instead; its trip count is zero otherwise (a ``while_loop``, so it also costs nothing
    under ``vmap``).
 
@@ -146,7 +146,7 @@ def _cumsum_int(x: jax.Array, block: int = 64) -> jax.Array:
     c = (halves @ tri).astype(jnp.int32)
     c = c[:m] + (c[m:] << 12)
     tot = c[:, -1]
-    off = jnp.cumsum(tot) - tot
+    off = jnp.cumsum(tot, dtype=jnp.int32) - tot
     return (c + off[:, None]).reshape(-1)[:n]
 
 
@@ -187,7 +187,7 @@ def _eval_fragments(table: jax.Array, px: jax.Array, py: jax.Array, valid: jax.A
     return inside, depth
 
 
-def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool, dense_block: int):
+def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
     """Non-differentiable visibility: ``(H*W,) int32`` ids (``_BIG_ID`` on background)."""
     v = jax.lax.stop_gradient(v)
     w = None if w is None else jax.lax.stop_gradient(w)
@@ -203,7 +203,7 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool, dens
     overflow = jnp.sum(countf) > _INT_LIMIT
     count = jnp.where(overflow, 0, countf.astype(jnp.int32))
     offsets = _cumsum_int(count) - count  # exclusive
-    total = jnp.sum(count)
+    total = jnp.sum(count, dtype=jnp.int32)
     # ints below 2**24 are exact in float32: one gather fetches everything a tile needs
     tab = jnp.concatenate(
         [table, jnp.stack([jmin, imin, jmax, imax, jnp.maximum(ntx, 1.0)], 1).astype(jnp.float32)],
@@ -219,7 +219,7 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool, dens
         inrange = (rel >= 1) & (rel < chunk)
         marks = jnp.zeros((chunk,), jnp.int32).at[jnp.where(inrange, rel, chunk)].add(
             1, mode="drop")
-        before = jnp.sum(offsets <= base) - 1
+        before = jnp.sum(offsets <= base, dtype=jnp.int32) - 1
         t = jnp.clip(before + _cumsum_int(marks), 0, max(nf - 1, 0))
         f = base + jnp.arange(chunk, dtype=jnp.int32)
         valid = f < total
@@ -257,41 +257,35 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool, dens
     zbuf = jnp.full((npix,), jnp.inf, jnp.float32).at[pix0].min(depth0, mode="drop")
     ids = jnp.full((npix,), _BIG_ID, jnp.int32)
     _, zbuf = jax.lax.while_loop(lambda c: c[0] < n_chunks, depth_body, (jnp.int32(1), zbuf))
-    # dense fallback (only when the fragment count overflows int32 arithmetic)
-    n_blocks = jnp.where(overflow, (nf + dense_block - 1) // dense_block, 0)
+    # dense fallback (only when the fragment count overflows int32 arithmetic): one triangle
+    # per iteration against every pixel; zero iterations otherwise
+    n_dense = jnp.where(overflow, nf, 0)
     pys, pxs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) + 0.5,
                             jnp.arange(wd, dtype=jnp.float32) + 0.5, indexing="ij")
     pxs, pys = pxs.reshape(-1), pys.reshape(-1)
-    okpad = jnp.concatenate([ok, jnp.zeros((dense_block,), bool)])
-    tabpad = jnp.concatenate([table, jnp.zeros((dense_block, 12), jnp.float32)])
+    allpix = jnp.arange(npix, dtype=jnp.int32)
 
-    def dense_eval(b):
-        tids = b * dense_block + jnp.arange(dense_block, dtype=jnp.int32)
-        tb = jax.lax.dynamic_slice_in_dim(tabpad, b * dense_block, dense_block)
-        okb = jax.lax.dynamic_slice_in_dim(okpad, b * dense_block, dense_block)
-        inside, depth = _eval_fragments(tb[:, None, :], pxs[None, :], pys[None, :],
-                                        okb[:, None])
-        pix = jnp.where(inside, jnp.arange(npix, dtype=jnp.int32)[None, :], npix)
-        tids = jnp.broadcast_to(tids[:, None], pix.shape)
-        return tids.reshape(-1), pix.reshape(-1), depth.reshape(-1)
+    def dense_eval(t):
+        inside, depth = _eval_fragments(table[t], pxs, pys, ok[t])
+        return jnp.where(inside, allpix, npix), depth
 
     def dense_depth(carry):
-        b, zb = carry
-        _, pix, depth = dense_eval(b)
-        return b + 1, zb.at[pix].min(depth, mode="drop")
+        t, zb = carry
+        pix, depth = dense_eval(t)
+        return t + 1, zb.at[pix].min(depth, mode="drop")
 
     def dense_id(carry):
-        b, zb, idb = carry
-        t, pix, depth = dense_eval(b)
+        t, zb, idb = carry
+        pix, depth = dense_eval(t)
         hit = depth == zb[jnp.minimum(pix, npix - 1)]
-        return b + 1, zb, idb.at[jnp.where(hit, pix, npix)].min(t, mode="drop")
+        return t + 1, zb, idb.at[jnp.where(hit, pix, npix)].min(t, mode="drop")
 
-    _, zbuf = jax.lax.while_loop(lambda c: c[0] < n_blocks, dense_depth, (jnp.int32(0), zbuf))
+    _, zbuf = jax.lax.while_loop(lambda c: c[0] < n_dense, dense_depth, (jnp.int32(0), zbuf))
     hit0 = depth0 == zbuf[jnp.minimum(pix0, npix - 1)]
     ids = ids.at[jnp.where(hit0, pix0, npix)].min(t0, mode="drop")
     _, _, ids = jax.lax.while_loop(lambda c: c[0] < n_chunks, id_body,
                                    (jnp.int32(1), zbuf, ids))
-    _, _, ids = jax.lax.while_loop(lambda c: c[0] < n_blocks, dense_id,
+    _, _, ids = jax.lax.while_loop(lambda c: c[0] < n_dense, dense_id,
                                    (jnp.int32(0), zbuf, ids))
     return ids
 
@@ -347,9 +341,9 @@ def barycentric_from_ids(
     return bary, depth
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
-def _rasterize_single(sv, tri, w, h, wd, chunk, tile, cull, dense_block):
-    ids = _zbuffer(sv, tri, w, h, wd, chunk, tile, cull, dense_block)
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
+def _rasterize_single(sv, tri, w, h, wd, chunk, tile, cull):
+    ids = _zbuffer(sv, tri, w, h, wd, chunk, tile, cull)
     tid = jnp.where(ids == _BIG_ID, -1, ids).reshape(h, wd)
     bary, depth = barycentric_from_ids(sv, tri, tid, w)
     return Fragments(triangle_id=tid, barycentric=bary, depth=depth)
@@ -403,15 +397,11 @@ def rasterize(
              else default_fragment_chunk((h, wd), tile))
     if chunk <= 0:
         raise ValueError(f"fragment_chunk must be positive, got {chunk}")
-    dense_block = max(1, min(64, (1 << 22) // (h * wd)))
     if sv.ndim == 3:
-        return _rasterize_batched(sv, tri, w, h, wd, chunk, tile, bool(cull_backfaces),
-                                  dense_block)
-    return _rasterize_single(sv, tri, w, h, wd, chunk, tile, bool(cull_backfaces), dense_block)
+        return _rasterize_batched(sv, tri, w, h, wd, chunk, tile, bool(cull_backfaces))
+    return _rasterize_single(sv, tri, w, h, wd, chunk, tile, bool(cull_backfaces))
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
-def _rasterize_batched(sv, tri, w, h, wd, chunk, tile, cull, dense_block):
-    return jax.vmap(
-        lambda s, ww: _rasterize_single(s, tri, ww, h, wd, chunk, tile, cull, dense_block)
-    )(sv, w)
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
+def _rasterize_batched(sv, tri, w, h, wd, chunk, tile, cull):
+    return jax.vmap(lambda s, ww: _rasterize_single(s, tri, ww, h, wd, chunk, tile, cull))(sv, w)

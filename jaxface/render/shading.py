@@ -125,7 +125,7 @@ def _check_sh(sh: Any) -> Array:
 
 
 def sh_basis(normals: Any) -> Array:
-    """The 9 real orthonormal SH functions ``Y_k(n)`` (order in the module doc). (..., 3) -> (..., 9).
+    """The 9 real orthonormal SH functions ``Y_k(n)`` (order: module doc). (..., 3) -> (..., 9).
 
     ``normals`` are normalised first.
     """
@@ -164,7 +164,7 @@ def sh_shading(normals: Any, sh: Any) -> Array:
       (..., C), or (...,) for ``sh`` of shape (9,). Not clamped (can be slightly negative).
     """
     sh = _check_sh(sh)
-    return irradiance_basis(normals) @ sh
+    return jnp.matmul(irradiance_basis(normals), sh, precision=jax.lax.Precision.HIGHEST)
 
 
 def shade_lambertian_sh(albedo: Any, normals: Any, sh: Any) -> Array:
@@ -179,18 +179,19 @@ def sh_ambient(level: Any = 1.0, channels: int = 3) -> Array:
     return jnp.zeros((9, channels), lv.dtype).at[0].set(lv / SH_CONSTANTS[0])
 
 
-def sh_directional(direction: Any, intensity: Any = 1.0) -> Array:
+def sh_directional(direction: Any, intensity: Any = 1.0, channels: int = 3) -> Array:
     """Project a distant directional light onto the SH basis.
 
     Args:
       direction: (3,) direction from the surface *towards* the light (normalised here).
-      intensity: scalar or (C,) colour intensity.
+      intensity: scalar or (channels,) colour intensity.
+      channels: number of colour channels C (static).
     Returns:
       (9, C) coefficients ``pi * intensity * Y_k(direction)``, for which ``sh_shading(n)``
       approximates ``intensity * max(0, n . direction)`` (error <= 0.094 * intensity).
     """
     y = sh_basis(_vec3(direction, "direction"))
-    inten = jnp.atleast_1d(_float(intensity))
+    inten = jnp.broadcast_to(_float(intensity), (channels,))
     return _PI * y[:, None] * inten[None, :]
 
 

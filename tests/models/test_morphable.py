@@ -405,3 +405,25 @@ def test_make_model_bad_input_names_source_and_field(rng):
         make_model(**kw, regions={"r": np.ones(3, bool)})
     with pytest.raises(ModelFormatError, match=r"field 'contours/x'"):
         make_model(**kw, contours={"x": ContourSet(np.array([0]), np.array([[1]]))})
+
+
+def test_landmark_valid_mask_round_trip_and_restrict(tmp_path):
+    from jaxface.models import LandmarkSet, load_npz, make_model, restrict, save_npz
+
+    rng = np.random.default_rng(3)
+    mean = rng.normal(size=(5, 3))
+    lm = LandmarkSet.from_vertex_ids([4, -1, 1], valid=[True, False, True])
+    m = make_model(mean=mean, identity_basis=rng.normal(size=(2, 5, 3)),
+                   triangles=[[0, 1, 2], [2, 3, 4]], landmarks={"ibug": lm})
+    assert np.asarray(m.landmarks["ibug"].indices)[1, 0] == 0  # placeholder row
+    save_npz(m, tmp_path / "m.npz")
+    back = load_npz(tmp_path / "m.npz")
+    np.testing.assert_array_equal(back.landmarks["ibug"].valid, [True, False, True])
+    # dropping vertex 0 (only used by the undefined row) keeps the set
+    r = restrict(back, np.array([False, True, True, True, True]))
+    np.testing.assert_array_equal(r.landmarks["ibug"].valid, [True, False, True])
+    np.testing.assert_array_equal(np.asarray(r.landmarks["ibug"].indices)[[0, 2], 0], [3, 0])
+    with pytest.raises(ModelFormatError, match="valid"):
+        make_model(mean=mean, identity_basis=rng.normal(size=(2, 5, 3)),
+                   triangles=[[0, 1, 2]],
+                   landmarks={"x": LandmarkSet(lm.indices, lm.weights, np.ones(2, bool))})

@@ -165,8 +165,7 @@ def _interior_loss(v, f, colors, size, w=None):
 
 
 def test_interior_gradients_match_finite_differences():
-    from jax.experimental import enable_x64
-    with enable_x64():
+    with jax.enable_x64(True):
         v = jnp.array([[3.3, 4.1, 1.0], [25.7, 6.2, 2.0], [12.4, 27.9, 3.0],
                        [28.1, 29.3, 2.5]], jnp.float64)
         f = np.array([[0, 1, 2], [1, 3, 2]], np.int32)
