@@ -134,21 +134,45 @@ def _shape(model: MorphableModel, p: _Params, n_id: int) -> Array:
     return vertices(model, ident, expr)
 
 
+def _landmark_basis(model: MorphableModel, n_id: int, ids: Array, wts: Array
+                    ) -> tuple[Array, Array]:
+    """The landmarks as a linear function of the fit's coefficients ``c = (alpha, beta)``.
+
+    Evaluates the model only at the (L, 3) vertices ``ids``. Returns ``(p0 (L, 3), b (L, 3, K))``
+    with ``landmarks = p0 + b @ c``; the standard deviations are folded into ``b``.
+    """
+    hi = jax.lax.Precision.HIGHEST
+
+    def gather(basis, scale):  # (K, V, 3) -> (L, 3, K)
+        sub = jnp.asarray(basis)[:, ids] * jnp.asarray(scale)[:, None, None, None]
+        return jnp.einsum("lm,klmc->lck", wts, sub, precision=hi)
+
+    p0 = jnp.einsum("lm,lmc->lc", wts, jnp.asarray(model.mean)[ids], precision=hi)
+    parts = [gather(model.identity_basis[:n_id], model.identity_std[:n_id])]
+    if model.expression_basis is not None:
+        scale = (jnp.ones((model.n_expression,)) if model.expression_kind == "blendshape"
+                 else model.expression_std)
+        parts.append(gather(model.expression_basis, scale))
+    return p0, jnp.concatenate(parts, axis=-1)
+
+
 def _landmark_points(model: MorphableModel, p: _Params, n_id: int, ids: Array, wts: Array
                      ) -> Array:
     """(L, 3) landmark positions, evaluating the model only at the (L, 3) vertices ``ids``."""
-    def gather(basis):
-        return jnp.asarray(basis)[:, ids]  # (K, L, 3, 3)
+    p0, b = _landmark_basis(model, n_id, ids, wts)
+    return p0 + b @ jnp.concatenate([p.alpha, p.beta])
 
-    pts = jnp.asarray(model.mean)[ids]
-    hi = jax.lax.Precision.HIGHEST
-    pts = pts + jnp.einsum("k,klmc->lmc", p.alpha * jnp.asarray(model.identity_std[:n_id]),
-                           gather(model.identity_basis[:n_id]), precision=hi)
-    if model.expression_basis is not None:
-        beta = p.beta if model.expression_kind == "blendshape" else (
-            p.beta * jnp.asarray(model.expression_std))
-        pts = pts + jnp.einsum("k,klmc->lmc", beta, gather(model.expression_basis), precision=hi)
-    return jnp.einsum("lm,lmc->lc", wts, pts, precision=hi)
+
+def _landmark_diagonal(observed: Array, present: Array) -> Array:
+    """Diagonal (pixels) of the bounding box of the present landmarks."""
+    lo = jnp.min(jnp.where(present[:, None], observed, jnp.inf), axis=0)
+    hi = jnp.max(jnp.where(present[:, None], observed, -jnp.inf), axis=0)
+    return jnp.linalg.norm(hi - lo)
+
+
+def _landmark_noise(observed: Array, present: Array) -> Array:
+    """Landmark noise scale sigma: 2 % of the landmark bounding-box diagonal, at least 1 px."""
+    return jnp.maximum(1.0, 0.02 * _landmark_diagonal(observed, present))
 
 
 def _rotation(p: _Params) -> Array:
@@ -209,11 +233,8 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
     weights = jnp.where(present, weights, 0.0)
     observed = jnp.where(present[:, None], observed, 0.0)
 
-    # Landmark noise scale: 2 % of the landmark bounding-box diagonal (at least 1 px).
-    lo = jnp.min(jnp.where(present[:, None], observed, jnp.inf), axis=0)
-    hi = jnp.max(jnp.where(present[:, None], observed, -jnp.inf), axis=0)
-    diag = jnp.linalg.norm(hi - lo)
-    sigma = jnp.maximum(1.0, 0.02 * diag)
+    diag = _landmark_diagonal(observed, present)
+    sigma = _landmark_noise(observed, present)
 
     # Contour set-up: which landmarks slide, and over which candidates.
     contour = model.contours.get(cfg.landmark_set) if cfg.use_contour else None
@@ -227,9 +248,10 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
     def lm_points(verts: Array, ids: Array, wts: Array) -> Array:
         return jnp.einsum("lk,lkc->lc", wts, verts[ids])
 
-    def residual(x: Array, ids: Array, wts: Array, rw: Array) -> Array:
+    def residual(x: Array, lin: tuple[Array, Array], rw: Array) -> Array:
         p = _unflatten(x, n_id, n_ex)
-        pts = _landmark_points(model, p, n_id, ids, wts) @ _rotation(p).T + p.translation
+        p0, b = lin
+        pts = (p0 + b @ x[7:]) @ _rotation(p).T + p.translation
         uv = project(camera_of(p), pts)
         r_lm = ((uv - observed) * (jnp.sqrt(weights * rw) / sigma)[:, None]).reshape(-1)
         r_id = jnp.sqrt(cfg.lambda_identity) * p.alpha
@@ -247,20 +269,41 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
             p = p._replace(log_focal=jnp.log(f0))
         return _flatten(p)
 
+    def jacobian(x: Array, lin: tuple[Array, Array], rw: Array) -> Array:
+        """Structured Jacobian: forward-mode for the 7 camera/pose parameters, the chain rule
+        (projection Jacobian @ R @ landmark basis) for the K linear coefficients."""
+        j_pose = jax.jacfwd(lambda x7: residual(jnp.concatenate([x7, x[7:]]), lin, rw))(x[:7])
+        p = _unflatten(x, n_id, n_ex)
+        p0, b = lin
+        rot = _rotation(p)
+        cam_pts = (p0 + b @ x[7:]) @ rot.T + p.translation
+        cam = camera_of(p)
+        j_proj = jax.vmap(jax.jacfwd(lambda q: project(cam, q)))(cam_pts)  # (L, 2, 3)
+        scale = jnp.sqrt(weights * rw) / sigma
+        j_lm = jnp.einsum("lij,jk,lkm->lim", j_proj, rot, b) * scale[:, None, None]
+        k = b.shape[-1]
+        prior = jnp.concatenate([jnp.full((n_id,), jnp.sqrt(cfg.lambda_identity)),
+                                 jnp.full((n_ex,), jnp.sqrt(cfg.lambda_expression))])
+        rows = [j_lm.reshape(-1, k), jnp.diag(prior)]
+        if cfg.estimate_focal:
+            rows.append(jnp.zeros((1, k)))
+        return jnp.concatenate([j_pose, jnp.concatenate(rows, axis=0)], axis=1)
+
     def lm_solve(x: Array, ids: Array, wts: Array, rw: Array) -> tuple[Array, Array, Array]:
         n = x.shape[0]
         free = jnp.ones((n,), jnp.float32)
         if not cfg.estimate_focal:
             free = free.at[6].set(0.0)
+        lin = _landmark_basis(model, n_id, ids, wts)
 
         def cost_of(x):
-            r = residual(x, ids, wts, rw)
+            r = residual(x, lin, rw)
             return 0.5 * jnp.sum(r * r)
 
         def body(state):
             x, mu, it, cost, _, done = state
-            r = residual(x, ids, wts, rw)
-            jac = jax.jacfwd(residual)(x, ids, wts, rw) * free[None, :]
+            r = residual(x, lin, rw)
+            jac = jacobian(x, lin, rw) * free[None, :]
             jtj = jac.T @ jac
             g = jac.T @ r
             damp = mu * (jnp.diag(jtj) + 1e-6) + (1.0 - free)
@@ -328,7 +371,8 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
     def robust_weights(x: Array, ids: Array, wts: Array) -> Array:
         if cfg.robust == "none":
             return jnp.ones((n_lm,), jnp.float32)
-        r = residual(x, ids, wts, jnp.ones((n_lm,)))[:2 * n_lm].reshape(n_lm, 2)
+        lin = _landmark_basis(model, n_id, ids, wts)
+        r = residual(x, lin, jnp.ones((n_lm,)))[:2 * n_lm].reshape(n_lm, 2)
         mag = jnp.linalg.norm(r, axis=-1) / jnp.sqrt(jnp.maximum(weights, 1e-12))
         return jnp.where(mag > cfg.huber_delta, cfg.huber_delta / jnp.maximum(mag, 1e-12), 1.0)
 
@@ -349,7 +393,8 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
     cam = camera_of(p)
     uv = project(cam, _landmark_points(model, p, n_id, ids, wts) @ rot.T + p.translation)
     res = jnp.where(present, jnp.linalg.norm(uv - observed, axis=-1), jnp.nan)
-    final_cost = 0.5 * jnp.sum(jnp.square(residual(x, ids, wts, jnp.ones((n_lm,)))))
+    final_cost = 0.5 * jnp.sum(jnp.square(residual(x, _landmark_basis(model, n_id, ids, wts),
+                                                   jnp.ones((n_lm,)))))
     ident = jnp.zeros((model.n_identity,), jnp.float32).at[:n_id].set(
         p.alpha * jnp.asarray(model.identity_std[:n_id]))
     if model.expression_basis is None:
