@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxface._pytree import pytree_dataclass, static_field
 from jaxface.camera import PerspectiveCamera, project
@@ -52,7 +53,13 @@ class FitConfig:
     """Settings of ``fit_landmarks``.
 
     Static fields (changing one recompiles): ``landmark_set``, ``n_identity``,
-    ``estimate_focal``, ``outer_iterations``, ``inner_iterations``, ``robust``, ``use_contour``.
+    ``estimate_focal``, ``outer_iterations``, ``inner_iterations``, ``robust``, ``use_contour``,
+    ``solver`` and ``optax_steps``.
+
+    ``solver="lm"`` (default) is Levenberg-Marquardt with ``inner_iterations`` steps per outer
+    round; ``"adam"`` and ``"lbfgs"`` minimise the same energy with optax for ``optax_steps``
+    steps per round, on parameters preconditioned to comparable scales (0.1 rad, 10 mm, 0.1 in
+    log focal, 1 per coefficient).
     The weights and thresholds are pytree leaves: changing them reuses the compiled fit, and
     they can be vmapped over.
     """
@@ -64,6 +71,9 @@ class FitConfig:
     inner_iterations: int = static_field(default=8)
     robust: str = static_field(default="none")  # "none" | "huber"
     use_contour: bool = static_field(default=True)
+    solver: str = static_field(default="lm")  # "lm" | "adam" | "lbfgs"
+    optax_steps: int = static_field(default=60)  # per outer round, for the optax solvers
+    learning_rate: Any = 0.05  # Adam, on the preconditioned parameters
     lambda_identity: Any = 1.0
     lambda_expression: Any = 1.0
     lambda_focal: Any = 1.0
@@ -210,6 +220,10 @@ def fit_landmarks(model: MorphableModel, landmarks: Any, image_size: tuple[int, 
                          f"{cfg.landmark_set!r}, got {landmarks.shape}")
     if cfg.robust not in ("none", "huber"):
         raise ValueError(f"robust must be 'none' or 'huber', got {cfg.robust!r}")
+    if cfg.solver not in ("lm", "adam", "lbfgs"):
+        raise ValueError(f"solver must be 'lm', 'adam' or 'lbfgs', got {cfg.solver!r}")
+    if cfg.solver != "lm" and cfg.optax_steps < 2:
+        raise ValueError("optax_steps must be at least 2")
     h, w = (int(s) for s in image_size)
     weights = jnp.ones((n_lm,), jnp.float32) if weights is None else jnp.asarray(
         weights, jnp.float32).reshape(n_lm)
@@ -376,11 +390,49 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
         mag = jnp.linalg.norm(r, axis=-1) / jnp.sqrt(jnp.maximum(weights, 1e-12))
         return jnp.where(mag > cfg.huber_delta, cfg.huber_delta / jnp.maximum(mag, 1e-12), 1.0)
 
+    def optax_solve(x: Array, ids: Array, wts: Array, rw: Array) -> tuple[Array, Array, Array]:
+        lin = _landmark_basis(model, n_id, ids, wts)
+        n = x.shape[0]
+        scale = jnp.concatenate([jnp.full((3,), 0.1), jnp.full((3,), 10.0), jnp.full((1,), 0.1),
+                                 jnp.ones((n - 7,))])
+        if not cfg.estimate_focal:
+            scale = scale.at[6].set(0.0)  # the focal stays where project_box puts it
+        x_fixed = x
+
+        def f(z):
+            r = residual(x_fixed * (scale == 0) + z * scale, lin, rw)
+            return 0.5 * jnp.sum(r * r)
+
+        if cfg.solver == "adam":
+            opt = optax.adam(cfg.learning_rate)
+        else:
+            opt = optax.lbfgs()
+        # Fresh value and gradient each step (the box projection below moves z after the
+        # update, so values cached in the L-BFGS state would be stale).
+        value_and_grad = jax.value_and_grad(f)
+
+        def step(carry, _):
+            z, state = carry
+            value, grad = value_and_grad(z)
+            updates, state = opt.update(grad, state, z, value=value, grad=grad, value_fn=f)
+            z = optax.apply_updates(z, updates)
+            z_box = project_box(x_fixed * (scale == 0) + z * scale) / jnp.where(scale == 0, 1.0,
+                                                                                scale)
+            return (jnp.where(scale == 0, z, z_box), state), value
+
+        z0 = x / jnp.where(scale == 0, 1.0, scale)
+        (z, _), values = jax.lax.scan(step, (z0, opt.init(z0)), None, length=cfg.optax_steps)
+        rel = (values[-2] - values[-1]) / jnp.maximum(values[-2], 1e-12)
+        x = x_fixed * (scale == 0) + z * scale
+        return x, jnp.int32(cfg.optax_steps), jnp.abs(rel) < 1e-4
+
+    solve = lm_solve if cfg.solver == "lm" else optax_solve
+
     def outer(carry, _):
         x, total, _ = carry
         ids, wts = correspondences(x)
         rw = robust_weights(x, ids, wts)
-        x, it, conv = lm_solve(x, ids, wts, rw)
+        x, it, conv = solve(x, ids, wts, rw)
         return (x, total + it, conv), None
 
     # Round 0 fits rigid pose only well enough for the contour search: the first outer round

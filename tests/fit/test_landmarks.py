@@ -147,3 +147,14 @@ def test_bad_input(model):
         fit_landmarks(model, np.zeros((68, 2)), (H, W), landmark_set="nope")
     with pytest.raises(ValueError, match="robust"):
         fit_landmarks(model, np.zeros((68, 2)) + 100, (H, W), robust="cauchy")
+
+
+@pytest.mark.parametrize("solver", ["adam", "lbfgs"])
+def test_optax_solvers_reach_the_lm_optimum(model, solver):
+    s = _synthetic(model, 1, [-0.05, -0.25, 0.0], noise_px=1.0)
+    lm = fit_landmarks(model, s["lm"], (H, W), focal=640.0, use_contour=False)
+    opt = fit_landmarks(model, s["lm"], (H, W), focal=640.0, use_contour=False, solver=solver)
+    assert float(opt.cost) < 1.05 * float(lm.cost)
+    assert _angle_deg(opt.rotation, s["rot"]) < 3.0
+    with pytest.raises(ValueError, match="solver"):
+        fit_landmarks(model, s["lm"], (H, W), solver="sgd")
