@@ -10,6 +10,7 @@ from collections.abc import Sequence
 # subcommand -> module (imported lazily so `jaxface --help` stays fast)
 SUBCOMMANDS = {
     "demo": ("jaxface.cli.demo", "fit the default model to a photo and write the results"),
+    "fit": ("jaxface.cli.fit", "fit a face model to images, a folder or a video"),
     "models": ("jaxface.cli.models", "inspect morphable-model files"),
     "bench": ("jaxface.cli.bench", "run the benchmark suite and print a table"),
 }

@@ -10,7 +10,6 @@ and the fit's in red), ``mesh.obj`` (camera frame, mm) and ``result.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -38,21 +37,19 @@ def load_image(path: str | None) -> tuple[np.ndarray, str]:
                 "the default demo photo comes from scikit-image: pip install 'jaxface[demo]' "
                 "or pass --image PATH") from e
         return to_float(data.astronaut()), "astronaut (scikit-image, NASA, public domain)"
-    import imageio.v3 as iio
+    from jaxface.cli._common import read_image
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"image {path!r} not found")
-    return to_float(iio.imread(path)), path
+    return read_image(path), path
 
 
 def run(args: argparse.Namespace) -> int:
     import imageio.v3 as iio
 
+    from jaxface.cli._common import write_fit_outputs
     from jaxface.detect import detect_landmarks
-    from jaxface.fit import fit_landmarks, model_vertices_camera, result_to_json
-    from jaxface.mesh import Mesh, write_obj
+    from jaxface.fit import fit_landmarks, result_to_json
     from jaxface.models import load_default
-    from jaxface.viz import composite, draw_points, shaded_render, to_uint8
+    from jaxface.viz import draw_points, to_uint8
 
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -79,14 +76,6 @@ def run(args: argparse.Namespace) -> int:
     say(f"landmark fit: RMSE {payload['landmark_rmse_px']:.2f} px after "
         f"{payload['iterations']} iterations")
 
-    verts = np.asarray(model_vertices_camera(model, result))
-    rgb, mask = shaded_render(verts, model.triangles, result.camera, (h, w))
-    over = composite(image, rgb, mask, alpha=0.75)
-    over = draw_points(over, det.landmarks, (0, 255, 0), 2)
-    over = draw_points(over, result.landmarks2d, (255, 0, 0), 1)
-    iio.imwrite(out / "overlay.png", over)
-    write_obj(out / "mesh.obj", Mesh(vertices=verts.astype(np.float32),
-                                     triangles=np.asarray(model.triangles)))
-    (out / "result.json").write_text(json.dumps(payload, indent=1))
+    write_fit_outputs(out, image, model, result, observed=det.landmarks)
     say(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out.resolve()}")
     return 0

@@ -6,6 +6,8 @@ it is used without its dependency.
 
 from __future__ import annotations
 
+import functools
+
 from jaxface.detect.base import (
     Detection,
     Detector,
@@ -15,22 +17,37 @@ from jaxface.detect.base import (
 )
 from jaxface.detect.pts import PtsFormatError, read_pts, write_pts
 
-DETECTORS = ("dlib",)
+DETECTORS = ("mediapipe", "dlib")
 
 
-def get_detector(name: str = "dlib") -> Detector:
-    """A detector by name: ``"dlib"`` (iBUG-68)."""
+def get_detector(name: str = "dlib", **options) -> Detector:
+    """A detector by name: ``"dlib"`` (iBUG-68) or ``"mediapipe"`` (iBUG-68 through
+    ``jaxface.detect.mapping``; ``scheme="mediapipe468"`` for the raw points).
+
+    ``options`` go to the detector's constructor. Neither dependency is imported before the
+    detector is first called.
+    """
     if name == "dlib":
         from jaxface.detect.dlib import DlibDetector
 
-        return DlibDetector()
+        return DlibDetector(**options)
+    if name == "mediapipe":
+        from jaxface.detect.mediapipe import MediaPipeDetector
+
+        return MediaPipeDetector(**options)
     raise ValueError(f"unknown detector {name!r}; choose from {DETECTORS}")
+
+
+@functools.cache
+def _shared_detector(name: str) -> Detector:
+    """One detector per name, so repeated calls reuse its loaded models."""
+    return get_detector(name)
 
 
 def detect_landmarks(image, detector: str | Detector = "dlib", source: str | None = None
                      ) -> Detection:
     """The landmarks of the largest face in ``image``; raises NoFaceError naming ``source``."""
-    det = get_detector(detector) if isinstance(detector, str) else detector
+    det = _shared_detector(detector) if isinstance(detector, str) else detector
     found = det(image, source=source)
     if not found:
         raise NoFaceError(source, det.name)

@@ -1,7 +1,21 @@
 """Morphable models: the ``MorphableModel`` pytree, its pure functions, and model loaders."""
 
 from jaxface.models._formats import eos_landmarks, eos_mapping_path
+from jaxface.models.articulation import (
+    Articulation,
+    articulate,
+    forward_kinematics,
+    linear_blend_skinning,
+    pose_feature,
+)
 from jaxface.models.bfm import load_bfm2009, load_bfm2017, load_deep3d_bfm
+from jaxface.models.build import (
+    add_expression,
+    build_bilinear_model,
+    build_expression_model,
+    build_pca_model,
+    generalized_procrustes,
+)
 from jaxface.models.facewarehouse import (
     BilinearModel,
     bilinear_to_linear,
@@ -33,9 +47,25 @@ from jaxface.models.morphable import (
     validate,
     vertices,
 )
+from jaxface.models.registry import add_model, jaxface_home, list_models, load_any, load_model
 from jaxface.models.sfm import load_sfm
 
 __all__ = [
+    "Articulation",
+    "add_expression",
+    "add_model",
+    "build_bilinear_model",
+    "build_expression_model",
+    "build_pca_model",
+    "generalized_procrustes",
+    "jaxface_home",
+    "list_models",
+    "load_any",
+    "load_model",
+    "articulate",
+    "forward_kinematics",
+    "linear_blend_skinning",
+    "pose_feature",
     "BilinearModel",
     "ContourSet",
     "FlameArticulation",

@@ -438,17 +438,26 @@ def read_eos_contours(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     return right, left
 
 
+IBUG68 = 68  # number of points of the iBUG-68 scheme
+
+
 def eos_landmarks(n_vertices: int, mapping: PathLike, contours: PathLike | None = None
                   ) -> tuple[LandmarkSet, ContourSet | None, tuple[int, ...]]:
-    """Build the landmark set of an eos mapping (and its contour set).
+    """Build the full iBUG-68 landmark set of an eos mapping (and its contour set).
 
-    The rows are, in increasing iBUG number, the landmarks that the mapping defines plus (when
-    ``contours`` is given) the contour landmarks. A contour landmark's row is only an initial
+    The set always has 68 rows in iBUG order (row ``i`` is iBUG point ``i + 1``). Rows the
+    mapping (plus, with ``contours``, the contour landmarks) defines are ``valid``; the others
+    (e.g. BFM 2009's chin and inner mouth, the SFM's inner mouth corners 61/65) are marked
+    ``valid = False`` and fitting ignores them. A contour landmark's row is only an initial
     guess: the candidate vertex at the same relative position along its side's contour; the
-    fitter re-matches it among ``ContourSet.candidates`` (all vertices of that side).
+    fitter re-matches it among ``ContourSet.candidates`` (all vertices of that side), whose
+    ``landmark_index`` rows index into this 68-row set.
+
+    Mapping origin: eos's ``share/ibug_to_*.txt`` (1-based iBUG numbers -> 0-based vertex
+    ids) and ``*_model_contours.json`` (Apache-2.0, see the staged folder's README).
 
     Returns:
-      (landmark set, contour set or None, the 1-based iBUG number of every row).
+      (68-row landmark set, contour set or None, the 1-based iBUG numbers of the valid rows).
     """
     m = read_eos_mapping(mapping)
     src = os.fspath(mapping)
@@ -465,6 +474,10 @@ def eos_landmarks(n_vertices: int, mapping: PathLike, contours: PathLike | None 
                 if lm not in rows:
                     pos = 0 if len(lms) == 1 else round(i * (cand.size - 1) / (len(lms) - 1))
                     rows[lm] = int(cand[pos])
+    outside = sorted(i for i in rows if not 1 <= i <= IBUG68)
+    if outside:
+        raise ModelFormatError(f"iBUG landmark number {outside[0]} outside 1..{IBUG68}: not an "
+                               "iBUG-68 mapping", source=src, field="landmark_mappings")
     ids = tuple(sorted(rows))
     vids = np.asarray([rows[i] for i in ids], np.int64)
     bad = vids[(vids < 0) | (vids >= n_vertices)]
@@ -472,7 +485,11 @@ def eos_landmarks(n_vertices: int, mapping: PathLike, contours: PathLike | None 
         raise ModelFormatError(f"vertex id {int(bad[0])} out of range for a model with "
                                f"{n_vertices} vertices: wrong mapping for this model",
                                source=src, field="landmark_mappings")
-    lms = LandmarkSet.from_vertex_ids(vids)
+    full = np.zeros(IBUG68, np.int64)
+    valid = np.zeros(IBUG68, bool)
+    full[np.asarray(ids, np.int64) - 1] = vids
+    valid[np.asarray(ids, np.int64) - 1] = True
+    lms = LandmarkSet.from_vertex_ids(full, valid=None if valid.all() else valid)
     cset = None
     if sides:
         li, cands = [], []
@@ -485,16 +502,10 @@ def eos_landmarks(n_vertices: int, mapping: PathLike, contours: PathLike | None 
             padded = np.full(width, -1, np.int64)
             padded[:cand.size] = cand
             for lm in lm_ids:
-                li.append(ids.index(lm))
+                li.append(lm - 1)
                 cands.append(padded)
         cset = ContourSet(np.asarray(li, np.int32), np.asarray(cands, np.int32))
     return lms, cset, ids
-
-
-def landmark_set_name(ids: tuple[int, ...], base: str = "ibug68") -> str:
-    """``"ibug68"`` when ``ids`` is exactly 1..68, else ``"ibug68_eos"`` (a partial set whose
-    iBUG numbers the loaders report)."""
-    return base if ids == tuple(range(1, 69)) else f"{base}_eos"
 
 
 def call_checked(fn: Callable[..., Any], src: str, field: str, *args: Any) -> Any:

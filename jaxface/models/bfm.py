@@ -47,9 +47,8 @@ def _landmark_parts(n_vertices: int, landmarks: PathLike | None, contours: PathL
             raise ModelFormatError("contours need a landmark mapping (landmarks=...)",
                                    source=src, field="contours")
         return {}, {}
-    lms, cset, ids = F.eos_landmarks(n_vertices, landmarks, contours)
-    name = F.landmark_set_name(ids)
-    return {name: lms}, ({} if cset is None else {name: cset})
+    lms, cset, _ = F.eos_landmarks(n_vertices, landmarks, contours)
+    return {"ibug68": lms}, ({} if cset is None else {"ibug68": cset})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -68,9 +67,9 @@ def load_bfm2009(path: PathLike, *, landmarks: PathLike | None = None,
     Args:
       path: the ``.mat`` file.
       landmarks: an eos mapping file (``ibug_to_bfm2009.txt``, see
-        :func:`jaxface.models._formats.eos_mapping_path`); its landmarks become the set
-        ``"ibug68_eos"`` (a partial iBUG set, rows in increasing iBUG number; the numbers are
-        ``eos_landmarks(...)[2]``), or ``"ibug68"`` if it maps all 68.
+        :func:`jaxface.models._formats.eos_mapping_path`); its landmarks become the 68-row set
+        ``"ibug68"`` in iBUG order, rows the mapping lacks marked ``valid = False`` (see
+        :func:`jaxface.models._formats.eos_landmarks`).
       contours: an eos ``*_model_contours.json`` (needs ``landmarks``): adds the contour
         landmarks 1-8 / 10-17 to the set and a ContourSet under the same name.
       with_albedo: read the texture model too.

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxface._pytree import pytree_dataclass, static_field
 from jaxface.errors import ModelFormatError
 from jaxface.models import _formats as F
+from jaxface.models.articulation import Articulation
 from jaxface.models.morphable import LandmarkSet, MorphableModel, make_model
 
 PathLike = str | os.PathLike
@@ -35,31 +35,7 @@ METRE_TO_MM = 1000.0
 WHAT = "FLAME model .pkl"
 
 
-@pytree_dataclass
-class FlameArticulation:
-    """The articulation (linear blend skinning) part of FLAME, in mm.
-
-    Shapes: V vertices, J joints (5: global, neck, jaw, left eye, right eye), P pose-corrective
-    directions (36 = 4 joints x 9 rotation-matrix entries).
-
-    Attributes:
-      joint_regressor: (J, V) float32 dense; joints = joint_regressor @ vertices.
-      skinning_weights: (V, J) float32, rows sum to 1.
-      pose_basis: (P, V, 3) float32 pose-corrective offsets in mm per unit of
-        (R - I) entries (``posedirs`` reordered).
-      joints_template: (J, 3) float32 template joints in mm (``J``), or None.
-      parents: parent joint of each joint, -1 for the root (static).
-    """
-
-    joint_regressor: Any
-    skinning_weights: Any
-    pose_basis: Any
-    joints_template: Any = None
-    parents: tuple[int, ...] = static_field(default=())
-
-    @property
-    def n_joints(self) -> int:
-        return len(self.parents)
+FlameArticulation = Articulation  # FLAME's articulation is the generic one (old name kept)
 
 
 def _plain(obj: Any, src: str, key: str) -> Any:
@@ -101,7 +77,8 @@ def _is_sparse(a: Any) -> bool:
 
 
 def _model_from(d: dict[str, Any], src: str, n_identity: int,
-                landmarks: PathLike | None) -> MorphableModel:
+                landmarks: PathLike | None, articulation: Articulation | None = None
+                ) -> MorphableModel:
     vt = _arr(d, "v_template", src, (None, 3))
     v = vt.shape[0]
     sd = _arr(d, "shapedirs", src, (v, 3, None))
@@ -120,10 +97,11 @@ def _model_from(d: dict[str, Any], src: str, n_identity: int,
     if k > n_identity:
         extra = dict(expression_basis=basis[n_identity:], expression_kind="pca")
     return make_model(mean=mean, identity_basis=basis[:n_identity], triangles=tri,
-                      landmarks=lms, units="mm", name=Path(src).stem, source=src, **extra)
+                      landmarks=lms, articulation=articulation, units="mm",
+                      name=Path(src).stem, source=src, **extra)
 
 
-def _articulation_from(d: dict[str, Any], src: str) -> FlameArticulation:
+def _articulation_from(d: dict[str, Any], src: str) -> Articulation:
     v = _arr(d, "v_template", src, (None, 3)).shape[0]
     kt = _arr(d, "kintree_table", src, (2, None))
     nj = kt.shape[1]
@@ -146,7 +124,7 @@ def _articulation_from(d: dict[str, Any], src: str) -> FlameArticulation:
     jt = None
     if "J" in d:
         jt = _arr(d, "J", src, (nj, 3)).astype(np.float32) * np.float32(METRE_TO_MM)
-    return FlameArticulation(
+    return Articulation(
         joint_regressor=jr, skinning_weights=w,
         pose_basis=np.ascontiguousarray(np.transpose(pd, (2, 0, 1))).astype(np.float32)
         * np.float32(METRE_TO_MM),
@@ -154,25 +132,30 @@ def _articulation_from(d: dict[str, Any], src: str) -> FlameArticulation:
 
 
 def load_flame(path: PathLike, *, landmarks: PathLike | None = None,
-               n_identity: int = 300) -> MorphableModel:
-    """Load the linear part of a FLAME model (``generic_model.pkl``, ``flame2023.pkl``).
+               n_identity: int = 300, with_articulation: bool = True) -> MorphableModel:
+    """Load a FLAME model (``generic_model.pkl``, ``flame2023.pkl``) with its articulation.
 
     Identity = the first ``n_identity`` (300) ``shapedirs`` directions, expression = the rest
-    (100, ``expression_kind="pca"``), all std 1; mean = ``v_template``; mm.
+    (100, ``expression_kind="pca"``), all std 1; mean = ``v_template``; mm. The articulation
+    (``J_regressor``, ``weights``, ``posedirs``, ``kintree_table``, ``J``) becomes
+    ``model.articulation``, so ``vertices(model, a, b, pose)`` takes a (5, 3) axis-angle pose
+    (global, neck, jaw, left eye, right eye).
 
     Args:
       path: the FLAME ``.pkl`` (chumpy is *not* needed).
       landmarks: optional landmark embedding (see :func:`load_flame_landmarks`).
       n_identity: number of leading shapedirs that are identity directions.
+      with_articulation: read the skinning part (False: a purely linear model).
 
     Raises:
       ModelFormatError: not a FLAME pickle, unsafe pickle, truncated, or bad shapes.
     """
     d, src = _read(path)
-    return _model_from(d, src, n_identity, landmarks)
+    art = _articulation_from(d, src) if with_articulation else None
+    return _model_from(d, src, n_identity, landmarks, art)
 
 
-def load_flame_articulation(path: PathLike) -> FlameArticulation:
+def load_flame_articulation(path: PathLike) -> Articulation:
     """The LBS part of a FLAME ``.pkl`` (joint regressor, weights, pose basis, kinematic tree)."""
     d, src = _read(path)
     return _articulation_from(d, src)
@@ -180,10 +163,10 @@ def load_flame_articulation(path: PathLike) -> FlameArticulation:
 
 def load_flame_with_articulation(path: PathLike, *, landmarks: PathLike | None = None,
                                  n_identity: int = 300
-                                 ) -> tuple[MorphableModel, FlameArticulation]:
-    """``(load_flame(path), load_flame_articulation(path))`` reading the file once."""
-    d, src = _read(path)
-    return _model_from(d, src, n_identity, landmarks), _articulation_from(d, src)
+                                 ) -> tuple[MorphableModel, Articulation]:
+    """``(model, model.articulation)`` of :func:`load_flame` (kept for older callers)."""
+    m = load_flame(path, landmarks=landmarks, n_identity=n_identity)
+    return m, m.articulation
 
 
 def load_flame_landmarks(path: PathLike, triangles: Any) -> dict[str, LandmarkSet]:

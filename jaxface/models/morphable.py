@@ -38,6 +38,12 @@ import numpy as np
 
 from jaxface._pytree import pytree_dataclass, replace, static_field
 from jaxface.errors import ModelFormatError
+from jaxface.models.articulation import (
+    Articulation,
+    articulate,
+    restrict_articulation,
+    validate_articulation,
+)
 
 Array = jax.Array
 ExpressionKind = Literal["pca", "blendshape"]
@@ -137,6 +143,8 @@ class MorphableModel:
       landmarks: name -> LandmarkSet (``"ibug68"`` in iBUG order where the model has it).
       contours: landmark-set name -> ContourSet.
       regions: name -> (V,) bool vertex mask (``"face"``, ``"eyes"``, ``"mouth"``, ...).
+      articulation: an :class:`~jaxface.models.articulation.Articulation` (joints, skinning,
+        pose correctives; FLAME-type models), or None for a purely linear model.
       expression_kind: ``"pca"`` or ``"blendshape"`` (static).
       expression_names: names of the expression modes, or None (static).
       units: length unit of ``mean`` and the bases (static; "mm" for everything jaxface ships).
@@ -157,6 +165,7 @@ class MorphableModel:
     landmarks: Mapping[str, LandmarkSet] = dataclasses.field(default_factory=dict)
     contours: Mapping[str, ContourSet] = dataclasses.field(default_factory=dict)
     regions: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    articulation: Articulation | None = None
     expression_kind: str = static_field(default="pca")
     expression_names: tuple[str, ...] | None = static_field(default=None)
     units: str = static_field(default="mm")
@@ -198,6 +207,7 @@ class MorphableModel:
                 f"identity={self.n_identity}, expression={self.n_expression} "
                 f"({self.expression_kind}), albedo={self.n_albedo}, "
                 f"landmarks={sorted(self.landmarks)}, regions={sorted(self.regions)}, "
+                f"joints={0 if self.articulation is None else self.articulation.n_joints}, "
                 f"units={self.units!r})")
 
 
@@ -210,18 +220,22 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def vertices(model: MorphableModel, identity: Array | None = None,
-             expression: Array | None = None) -> Array:
+             expression: Array | None = None, pose: Array | None = None) -> Array:
     """Vertex positions of the face with the given coefficients.
 
     ``vertices = mean + identity @ identity_basis + expression @ expression_basis`` (flattened
     bases, one contraction each, float32 at full precision on every backend). Batch with
-    ``jax.vmap`` over the coefficients.
+    ``jax.vmap`` over the coefficients. With ``pose``, the articulated model poses that shape
+    by linear blend skinning with pose correctives
+    (:func:`jaxface.models.articulation.articulate`).
 
     Args:
       model: the morphable model.
       identity: (Ks,) identity coefficients (raw, prior N(0, identity_std^2)); None means zeros.
         Fewer than Ks coefficients use the leading modes.
       expression: (Ke,) expression coefficients; None means zeros (neutral).
+      pose: (J, 3) axis-angle rotation per joint of ``model.articulation`` (FLAME: global,
+        neck, jaw, left eye, right eye); None skips articulation (the rest pose, fast path).
 
     Returns:
       (V, 3) float32 vertex positions in ``model.units``.
@@ -233,6 +247,10 @@ def vertices(model: MorphableModel, identity: Array | None = None,
         if model.expression_basis is None:
             raise ValueError(f"model {model.name!r} has no expression basis")
         v = v + _combine(expression, model.expression_basis, "expression")
+    if pose is not None:
+        if model.articulation is None:
+            raise ValueError(f"model {model.name!r} has no articulation: it cannot take a pose")
+        v = articulate(model.articulation, v, jnp.asarray(pose, jnp.float32))
     return v
 
 
@@ -325,6 +343,7 @@ def make_model(*, mean: Any, identity_basis: Any, triangles: Any, identity_std: 
                landmarks: Mapping[str, LandmarkSet] | None = None,
                contours: Mapping[str, ContourSet] | None = None,
                regions: Mapping[str, Any] | None = None,
+               articulation: Articulation | None = None,
                units: str = "mm", name: str = "model", source: str | None = None
                ) -> MorphableModel:
     """Build a validated ``MorphableModel`` from array-likes (NumPy on the host).
@@ -376,6 +395,7 @@ def make_model(*, mean: Any, identity_basis: Any, triangles: Any, identity_std: 
                                 _as_i32(v.candidates, f"contours/{k}/candidates", src))
                   for k, v in (contours or {}).items()},
         regions={k: _as_mask(v, f"regions/{k}", src) for k, v in (regions or {}).items()},
+        articulation=None if articulation is None else _as_articulation(articulation, src),
         expression_kind=str(expression_kind),
         expression_names=None if expression_names is None else tuple(str(n) for n in
                                                                       expression_names),
@@ -383,6 +403,21 @@ def make_model(*, mean: Any, identity_basis: Any, triangles: Any, identity_std: 
     )
     validate(model, source=src)
     return model
+
+
+def _as_articulation(art: Any, src: str) -> Articulation:
+    if not isinstance(art, Articulation):
+        raise ModelFormatError(f"expected an Articulation, found {type(art).__name__}",
+                               source=src, field="articulation")
+    f = "articulation/"
+    return Articulation(
+        joint_regressor=_as_f32(art.joint_regressor, f + "joint_regressor", src),
+        skinning_weights=_as_f32(art.skinning_weights, f + "skinning_weights", src),
+        pose_basis=None if art.pose_basis is None
+        else _as_f32(art.pose_basis, f + "pose_basis", src),
+        joints_template=None if art.joints_template is None
+        else _as_f32(art.joints_template, f + "joints_template", src),
+        parents=tuple(int(p) for p in art.parents))
 
 
 def _as_f32(x: Any, field: str, src: str) -> np.ndarray:
@@ -528,6 +563,13 @@ def validate(model: MorphableModel, source: str | None = None) -> MorphableModel
         m = np.asarray(m)
         if m.shape != (v,) or m.dtype != np.bool_:
             fail(f"regions/{k}", f"expected a ({v},) bool mask, found {m.shape} {m.dtype}")
+    if model.articulation is not None:
+        if not isinstance(model.articulation, Articulation):
+            fail("articulation", f"expected an Articulation, found "
+                                 f"{type(model.articulation).__name__}")
+        problem = validate_articulation(model.articulation, v)
+        if problem is not None:
+            fail("articulation", problem)
     return model
 
 
@@ -541,7 +583,10 @@ def restrict(model: MorphableModel, vertex_mask: Any) -> MorphableModel:
     Triangles are reindexed and those touching a dropped vertex are removed (so no orphan
     triangle survives); UV triangles follow their triangles. Regions are restricted. A landmark
     set keeps only if all its (non-zero-weight) vertices survive, otherwise it is dropped with a
-    warning; contour candidates that are dropped become -1 padding.
+    warning; contour candidates that are dropped become -1 padding. An articulation keeps its
+    skinning weights and pose correctives on the kept vertices; if its joint regressor uses
+    dropped vertices it is refitted on the kept ones so that the joints stay exact on the
+    model's whole shape space (ValueError if that is impossible).
     """
     v = model.n_vertices
     mask = np.asarray(vertex_mask)
@@ -588,6 +633,19 @@ def restrict(model: MorphableModel, vertex_mask: Any) -> MorphableModel:
         mapped = np.where(valid, new_id[np.where(cand >= 0, cand, 0)], -1)
         contours[k] = ContourSet(np.asarray(c.landmark_index, np.int32),
                                  _compact_rows(mapped).astype(np.int32))
+    art = model.articulation
+    if art is not None:
+        parts = [np.asarray(model.mean)[None], np.asarray(model.identity_basis)]
+        if model.expression_basis is not None:
+            parts.append(np.asarray(model.expression_basis))
+        span = np.transpose(np.concatenate(parts, 0), (1, 2, 0))  # (V, 3, M)
+        art, err = restrict_articulation(art, mask, span)
+        if err > 1e-4:
+            raise ValueError(
+                f"restrict: the joint regressor of {model.name!r} uses dropped vertices and "
+                f"cannot be re-expressed on the {int(mask.sum())} kept ones (relative joint "
+                f"error {err:.2g}); keep the joint-regressor vertices or drop the articulation "
+                "(dataclasses.replace(model, articulation=None))")
     return replace(
         model, mean=np.asarray(model.mean)[mask], identity_basis=sub(model.identity_basis),
         expression_basis=sub(model.expression_basis), albedo_basis=sub(model.albedo_basis),
@@ -597,6 +655,7 @@ def restrict(model: MorphableModel, vertex_mask: Any) -> MorphableModel:
         else np.asarray(model.uv_triangles)[keep_tri],
         landmarks=lms, contours=contours,
         regions={k: np.asarray(m)[mask] for k, m in model.regions.items()},
+        articulation=art,
     )
 
 
@@ -636,6 +695,9 @@ def truncate(model: MorphableModel, n_identity: int | None = None,
 # ------------------------------------------------------------------------------------------------
 # Serialisation: our own .npz (no pickles)
 # ------------------------------------------------------------------------------------------------
+
+_ARTICULATION_KEYS = ("joint_regressor", "skinning_weights", "pose_basis", "joints_template",
+                      "parents")
 
 _ARRAY_FIELDS = ("mean", "identity_basis", "identity_std", "triangles", "expression_basis",
                  "expression_std", "albedo_mean", "albedo_basis", "albedo_std", "uv",
@@ -686,6 +748,15 @@ def save_npz(model: MorphableModel, path: str | os.PathLike, *, compressed: bool
         out[f"contours/{k}/candidates"] = np.asarray(c.candidates, np.int32)
     for k, m in model.regions.items():
         out[f"regions/{k}"] = np.asarray(m, bool)
+    art = model.articulation
+    if art is not None:
+        out["articulation/joint_regressor"] = np.asarray(art.joint_regressor, np.float32)
+        out["articulation/skinning_weights"] = np.asarray(art.skinning_weights, np.float32)
+        out["articulation/parents"] = np.asarray(art.parents, np.int32)
+        if art.pose_basis is not None:
+            out["articulation/pose_basis"] = np.asarray(art.pose_basis, np.float32)
+        if art.joints_template is not None:
+            out["articulation/joints_template"] = np.asarray(art.joints_template, np.float32)
     meta = dict(format="jaxface-morphable-model", version=FORMAT_VERSION,
                 expression_kind=model.expression_kind, units=model.units, name=model.name,
                 expression_names=None if model.expression_names is None
@@ -724,6 +795,7 @@ def load_npz(path: str | os.PathLike) -> MorphableModel:
     groups: dict[str, dict[str, dict[str, np.ndarray]]] = {"landmarks": {}, "contours": {}}
     regions = {}
     steps = {}
+    art_parts: dict[str, np.ndarray] = {}
     for key in list(data):
         if "/" not in key:
             continue
@@ -733,6 +805,8 @@ def load_npz(path: str | os.PathLike) -> MorphableModel:
             regions[parts[1]] = a
         elif parts[0] == "quantization" and len(parts) == 2:
             steps[parts[1]] = a
+        elif parts[0] == "articulation" and len(parts) == 2 and parts[1] in _ARTICULATION_KEYS:
+            art_parts[parts[1]] = a
         elif parts[0] in groups and len(parts) == 3:
             groups[parts[0]].setdefault(parts[1], {})[parts[2]] = a
         else:
@@ -745,6 +819,23 @@ def load_npz(path: str | os.PathLike) -> MorphableModel:
     except KeyError as e:
         raise ModelFormatError(f"incomplete landmark/contour group, missing {e}",
                                source=src) from e
+    articulation = None
+    if art_parts:
+        missing = [k for k in ("joint_regressor", "skinning_weights", "parents")
+                   if k not in art_parts]
+        if missing:
+            raise ModelFormatError("incomplete articulation group", source=src,
+                                   field=f"articulation/{missing[0]}")
+        par = art_parts["parents"]
+        if par.ndim != 1 or not np.issubdtype(par.dtype, np.integer):
+            raise ModelFormatError(f"expected a 1-D integer array, found {par.shape} {par.dtype}",
+                                   source=src, field="articulation/parents")
+        articulation = Articulation(
+            joint_regressor=art_parts["joint_regressor"],
+            skinning_weights=art_parts["skinning_weights"],
+            pose_basis=art_parts.get("pose_basis"),
+            joints_template=art_parts.get("joints_template"),
+            parents=tuple(int(p) for p in par))
     unknown = set(data) - set(_ARRAY_FIELDS)
     if unknown:
         raise ModelFormatError(f"unknown keys {sorted(unknown)}", source=src)
@@ -768,6 +859,7 @@ def load_npz(path: str | os.PathLike) -> MorphableModel:
         raise ModelFormatError(f"quantization step for missing basis {sorted(steps)}",
                                source=src, field=f"quantization/{sorted(steps)[0]}")
     return make_model(**{k: data.get(k) for k in _ARRAY_FIELDS}, landmarks=lms, contours=cts,
-                      regions=regions, expression_kind=meta.get("expression_kind", "pca"),
+                      regions=regions, articulation=articulation,
+                      expression_kind=meta.get("expression_kind", "pca"),
                       expression_names=meta.get("expression_names"),
                       units=meta.get("units", "mm"), name=meta.get("name", "model"), source=src)

@@ -262,8 +262,8 @@ def load_sfm(path: PathLike, *, landmarks: PathLike | None = None,
 
     Args:
       landmarks / contours: eos mapping/contour files (``ibug_to_sfm.txt``,
-        ``sfm_model_contours.json``), as in :func:`jaxface.models.bfm.load_bfm2009`; the set is
-        ``"ibug68_eos"`` (partial) or ``"ibug68"``.
+        ``sfm_model_contours.json``), as in :func:`jaxface.models.bfm.load_bfm2009`; the set is the
+        68-row ``"ibug68"`` with unmapped rows ``valid = False``.
 
     Raises:
       ModelFormatError: not an eos model, truncated, or inconsistent sizes.
@@ -328,10 +328,9 @@ def load_sfm(path: PathLike, *, landmarks: PathLike | None = None,
     lms: dict = {}
     cts: dict = {}
     if landmarks is not None:
-        lset, cset, ids = F.eos_landmarks(v, landmarks, contours)
-        name = F.landmark_set_name(ids)
-        lms = {name: lset}
-        cts = {} if cset is None else {name: cset}
+        lset, cset, _ = F.eos_landmarks(v, landmarks, contours)
+        lms = {"ibug68": lset}
+        cts = {} if cset is None else {"ibug68": cset}
     elif contours is not None:
         raise ModelFormatError("contours need a landmark mapping (landmarks=...)", source=src,
                                field="contours")

@@ -18,10 +18,9 @@ Algorithm (exact, no fixed capacity that can drop anything):
    equals the z-buffer value bit for bit (both sweeps evaluate the same expression), so ties are
    broken by the smallest triangle id and there is no limit on the number of triangles (ids are
    int32; no depth quantisation).
-4. If ``N`` does not fit int32 arithmetic (a pathological input such as hundreds of thousands of
-   screen-filling triangles), a dense fallback loop processes triangles one by one against every
-   pixel instead; its trip count is zero otherwise (a ``while_loop``, so it also costs nothing
-   under ``vmap``).
+4. So that the int32 offsets stay exact whatever ``N`` is, triangles are grouped into
+   consecutive "epochs" of about ``2**29`` tiles (an outer ``while_loop``; one epoch for any
+   ordinary mesh).
 
 ``triangle_id`` is not differentiable. ``barycentric`` and ``depth`` are recomputed from the
 winning triangle's vertices with differentiable arithmetic, so gradients flow to
@@ -43,8 +42,8 @@ from jaxface._pytree import pytree_dataclass
 __all__ = ["Fragments", "rasterize", "barycentric_from_ids"]
 
 _BIG_ID = np.int32(np.iinfo(np.int32).max)
-# N (total candidate fragments) must stay below this for int32 offset arithmetic.
-_INT_LIMIT = float(2**30)
+# Tiles per epoch (int32 offset arithmetic stays exact: an epoch holds < _EPOCH + 2**24 tiles).
+_EPOCH = float(2**29)
 
 
 @pytree_dataclass
@@ -85,6 +84,8 @@ def _check_inputs(screen_vertices: Any, triangles: Any, image_size: Any, w: Any)
         raise ValueError(f"image_size must be a pair (H, W) of ints, got {image_size!r}") from exc
     if h <= 0 or wd <= 0:
         raise ValueError(f"image_size must be positive, got {(h, wd)}")
+    if h * wd >= 2**24:
+        raise ValueError(f"image_size {(h, wd)} has more than 2**24 pixels (not supported)")
     if w is not None:
         w = jnp.asarray(w)
         if w.shape != sv.shape[:-1]:
@@ -187,6 +188,19 @@ def _eval_fragments(table: jax.Array, px: jax.Array, py: jax.Array, valid: jax.A
     return inside, depth
 
 
+def _cumsum_float(x: jax.Array, block: int = 64) -> jax.Array:
+    """Approximate (float32) inclusive cumulative sum via blocked matmuls (see _cumsum_int)."""
+    n = x.shape[0]
+    if n == 0:
+        return x
+    m = -(-n // block)
+    xp = jnp.pad(x, (0, m * block - n)).reshape(m, block)
+    c = xp @ jnp.triu(jnp.ones((block, block), jnp.float32))
+    tot = c[:, -1]
+    off = (_cumsum_float(tot, block) if m > 1 else tot) - tot
+    return (c + off[:, None]).reshape(-1)[:n]
+
+
 def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
     """Non-differentiable visibility: ``(H*W,) int32`` ids (``_BIG_ID`` on background)."""
     v = jax.lax.stop_gradient(v)
@@ -198,22 +212,27 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
                              z, q], axis=1).astype(jnp.float32)
     jmin, imin, jmax, imax, nx, ny = _bbox(x, y, ok, h, wd)
     ntx = jnp.ceil(nx / tile)
-    nty = jnp.ceil(ny / tile)
-    countf = ntx * nty
-    overflow = jnp.sum(countf) > _INT_LIMIT
-    count = jnp.where(overflow, 0, countf.astype(jnp.int32))
-    offsets = _cumsum_int(count) - count  # exclusive
-    total = jnp.sum(count, dtype=jnp.int32)
+    countf = (ntx * jnp.ceil(ny / tile)).astype(jnp.float32)
+    # Epochs keep int32 offset arithmetic exact whatever the total: triangles are grouped into
+    # consecutive runs of about _EPOCH tiles (one epoch in any ordinary case).
+    epoch_of = jnp.floor((_cumsum_float(countf) - countf) / _EPOCH).astype(jnp.int32)
+    epoch_of = jnp.where(countf > 0, epoch_of, -1)
+    n_epochs = jnp.max(epoch_of, initial=-1) + 1
     # ints below 2**24 are exact in float32: one gather fetches everything a tile needs
     tab = jnp.concatenate(
         [table, jnp.stack([jmin, imin, jmax, imax, jnp.maximum(ntx, 1.0)], 1).astype(jnp.float32)],
         axis=1)
-    offs_tab = offsets
     ty_, tx_ = jnp.meshgrid(jnp.arange(tile, dtype=jnp.int32), jnp.arange(tile, dtype=jnp.int32),
                             indexing="ij")
     ty_, tx_ = ty_.reshape(-1), tx_.reshape(-1)
 
-    def frag_data(k):
+    def epoch_stream(e):
+        count = jnp.where(epoch_of == e, countf, 0.0).astype(jnp.int32)
+        offsets = _cumsum_int(count) - count  # exclusive
+        total = jnp.sum(count, dtype=jnp.int32)
+        return offsets, total
+
+    def frag_data(k, offsets, total):
         base = k * chunk
         rel = offsets - base
         inrange = (rel >= 1) & (rel < chunk)
@@ -224,7 +243,7 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
         f = base + jnp.arange(chunk, dtype=jnp.int32)
         valid = f < total
         row = tab[t]
-        local = f - offs_tab[t]
+        local = f - offsets[t]
         ntxt = row[:, 16].astype(jnp.int32)
         col0 = row[:, 12].astype(jnp.int32) + (local % ntxt) * tile
         row0 = row[:, 13].astype(jnp.int32) + (local // ntxt) * tile
@@ -238,55 +257,39 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
         pix = jnp.where(inside, rr * wd + col, npix).reshape(-1)
         return jnp.broadcast_to(t[:, None], inside.shape).reshape(-1), pix, depth.reshape(-1)
 
-    n_chunks = (total + chunk - 1) // chunk
-    # chunk 0 is evaluated once and reused by both sweeps (usually the only chunk)
-    t0, pix0, depth0 = frag_data(jnp.int32(0))
+    def depth_update(d, zbuf):
+        _, pix, depth = d
+        return zbuf.at[pix].min(depth, mode="drop")
 
-    def depth_body(carry):
-        k, zbuf = carry
-        _, pix, depth = frag_data(k)
-        return k + 1, zbuf.at[pix].min(depth, mode="drop")
-
-    def id_body(carry):
-        k, zbuf, ids = carry
-        t, pix, depth = frag_data(k)
+    def id_update(d, zbuf, ids):
+        t, pix, depth = d
         hit = depth == zbuf[jnp.minimum(pix, npix - 1)]
-        pix = jnp.where(hit, pix, npix)
-        return k + 1, zbuf, ids.at[pix].min(t, mode="drop")
+        return ids.at[jnp.where(hit, pix, npix)].min(t, mode="drop")
 
-    zbuf = jnp.full((npix,), jnp.inf, jnp.float32).at[pix0].min(depth0, mode="drop")
-    ids = jnp.full((npix,), _BIG_ID, jnp.int32)
-    _, zbuf = jax.lax.while_loop(lambda c: c[0] < n_chunks, depth_body, (jnp.int32(1), zbuf))
-    # dense fallback (only when the fragment count overflows int32 arithmetic): one triangle
-    # per iteration against every pixel; zero iterations otherwise
-    n_dense = jnp.where(overflow, nf, 0)
-    pys, pxs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) + 0.5,
-                            jnp.arange(wd, dtype=jnp.float32) + 0.5, indexing="ij")
-    pxs, pys = pxs.reshape(-1), pys.reshape(-1)
-    allpix = jnp.arange(npix, dtype=jnp.int32)
+    def sweep(update, state, first):
+        """Apply ``update`` to every chunk of every epoch; epoch 0 chunk 0 is ``first``."""
+        state = update(first, state)
 
-    def dense_eval(t):
-        inside, depth = _eval_fragments(table[t], pxs, pys, ok[t])
-        return jnp.where(inside, allpix, npix), depth
+        def epoch_body(c):
+            e, st = c
+            offsets, total = epoch_stream(e)
+            n_chunks = (total + chunk - 1) // chunk
 
-    def dense_depth(carry):
-        t, zb = carry
-        pix, depth = dense_eval(t)
-        return t + 1, zb.at[pix].min(depth, mode="drop")
+            def chunk_body(cc):
+                k, s2 = cc
+                return k + 1, update(frag_data(k, offsets, total), s2)
 
-    def dense_id(carry):
-        t, zb, idb = carry
-        pix, depth = dense_eval(t)
-        hit = depth == zb[jnp.minimum(pix, npix - 1)]
-        return t + 1, zb, idb.at[jnp.where(hit, pix, npix)].min(t, mode="drop")
+            k0 = jnp.where(e == 0, 1, 0).astype(jnp.int32)
+            st = jax.lax.while_loop(lambda cc: cc[0] < n_chunks, chunk_body, (k0, st))[1]
+            return e + 1, st
 
-    _, zbuf = jax.lax.while_loop(lambda c: c[0] < n_dense, dense_depth, (jnp.int32(0), zbuf))
-    hit0 = depth0 == zbuf[jnp.minimum(pix0, npix - 1)]
-    ids = ids.at[jnp.where(hit0, pix0, npix)].min(t0, mode="drop")
-    _, _, ids = jax.lax.while_loop(lambda c: c[0] < n_chunks, id_body,
-                                   (jnp.int32(1), zbuf, ids))
-    _, _, ids = jax.lax.while_loop(lambda c: c[0] < n_dense, dense_id,
-                                   (jnp.int32(0), zbuf, ids))
+        return jax.lax.while_loop(lambda c: c[0] < n_epochs, epoch_body, (jnp.int32(0), state))[1]
+
+    off0, tot0 = epoch_stream(jnp.int32(0))
+    first = frag_data(jnp.int32(0), off0, tot0)  # evaluated once, reused by both sweeps
+    zbuf = sweep(depth_update, jnp.full((npix,), jnp.inf, jnp.float32), first)
+    ids = sweep(lambda d, st: id_update(d, zbuf, st), jnp.full((npix,), _BIG_ID, jnp.int32),
+                first)
     return ids
 
 

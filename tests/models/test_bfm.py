@@ -56,22 +56,51 @@ def test_bfm2009_with_eos_mapping_and_contours(tmp_path, data_dir):
     lms, cset, ids = F.eos_landmarks(53490, eos / "ibug_to_bfm2009.txt",
                                      eos / "bfm2009_model_contours.json")
     # 23 fixed landmarks in the file + 16 contour landmarks; chin (9) and 6 inner-mouth missing.
-    assert ids == tuple(sorted(set(range(1, 9)) | set(range(10, 18)) | {
-        18, 20, 22, 23, 25, 27, 31, 34, 37, 40, 43, 46, 49, 52, 55, 58, 63, 67}))
-    assert set(m.landmarks) == {"ibug68_eos"} and set(m.contours) == {"ibug68_eos"}
-    s = m.landmarks["ibug68_eos"]
-    nose = ids.index(31)
-    assert np.asarray(s.indices)[nose, 0] == 8319  # vertex ids are 0-based in eos files
-    pts = landmarks(m, np.asarray(m.mean), "ibug68_eos")
-    np.testing.assert_allclose(np.asarray(pts)[nose], gt["mean"][8319], atol=2e-3)
-    c = m.contours["ibug68_eos"]
+    defined = sorted(set(range(1, 9)) | set(range(10, 18)) | {
+        18, 20, 22, 23, 25, 27, 31, 34, 37, 40, 43, 46, 49, 52, 55, 58, 63, 67})
+    assert ids == tuple(defined)
+    assert set(m.landmarks) == {"ibug68"} and set(m.contours) == {"ibug68"}
+    s = m.landmarks["ibug68"]
+    assert len(s) == 68  # full iBUG-68 set in iBUG order, undefined rows marked invalid
+    np.testing.assert_array_equal(np.flatnonzero(np.asarray(s.valid)) + 1, defined)
+    np.testing.assert_array_equal(np.asarray(s.valid), np.asarray(lms.valid))
+    assert np.asarray(s.indices)[30, 0] == 8319  # iBUG 31 nose tip; eos ids are 0-based
+    pts = landmarks(m, np.asarray(m.mean), "ibug68")
+    np.testing.assert_allclose(np.asarray(pts)[30], gt["mean"][8319], atol=2e-3)
+    c = m.contours["ibug68"]
     assert np.asarray(c.candidates).shape == (16, 8)
-    assert [ids[i] for i in np.asarray(c.landmark_index)] == list(range(1, 9)) + list(
-        range(10, 18))
+    # contour rows index the 68-row set directly: iBUG n is row n - 1
+    np.testing.assert_array_equal(np.asarray(c.landmark_index) + 1,
+                                  list(range(1, 9)) + list(range(10, 18)))
+    assert np.asarray(s.valid)[np.asarray(c.landmark_index)].all()
     assert np.asarray(c.candidates)[0, 0] == 27302  # first right_contour vertex
+    assert np.asarray(s.indices)[0, 0] == 27302  # its initial guess: the first candidate
+    # without contours the contour rows are undefined
+    m2 = load_bfm2009(tmp_path / "m.mat", landmarks=eos / "ibug_to_bfm2009.txt",
+                      with_albedo=False)
+    assert not np.asarray(m2.landmarks["ibug68"].valid)[:17].any() and not m2.contours
     # a mapping for another model does not fit a small model
     with pytest.raises(ModelFormatError, match="out of range"):
         F.eos_landmarks(100, eos / "ibug_to_bfm2009.txt")
+    bad = tmp_path / "ibug_to_x.txt"
+    bad.write_text("[landmark_mappings]\n69 = 3\n")
+    with pytest.raises(ModelFormatError, match="outside 1..68"):
+        F.eos_landmarks(100, bad)
+
+
+def test_bfm2017_with_eos_mapping_and_contours(tmp_path, data_dir):
+    fx.write_bfm2017_h5(tmp_path / "model2017-1_bfm_nomouth.h5", k=2, ke=1, kc=1,
+                        n_vertices=53149)
+    eos = data_dir / "eos-landmark-mappings"
+    m = load_bfm2017(tmp_path / "model2017-1_bfm_nomouth.h5",
+                     landmarks=eos / "ibug_to_bfm2017-1_bfm_nomouth.txt",
+                     contours=eos / "bfm2017-1_bfm_nomouth_model_contours.json")
+    s, c = m.landmarks["ibug68"], m.contours["ibug68"]
+    assert len(s) == 68 and np.asarray(s.indices)[30, 0] == 8156  # nose tip
+    assert np.asarray(s.indices)[8, 0] == 47846  # chin, defined in this mapping
+    valid = np.asarray(s.valid)
+    assert valid[:17].all() and valid[30] and 0 < int((~valid).sum()) < 68
+    assert np.asarray(c.candidates).shape == (16, 11) and np.asarray(c.candidates)[0, 0] == 22451
 
 
 def test_eos_mapping_path_uses_jaxface_data(data_dir, monkeypatch):

@@ -25,14 +25,17 @@ def test_sfm_shape_only_with_eos_mapping(tmp_path, data_dir, rng):
     np.testing.assert_array_equal(np.asarray(m.triangles), gt["triangles"])
     np.testing.assert_allclose(np.asarray(m.uv), gt["uv"], atol=1e-6)
     np.testing.assert_array_equal(np.asarray(m.uv_triangles), gt["triangles"])
-    s = m.landmarks["ibug68_eos"]
+    s = m.landmarks["ibug68"]
     # ibug_to_sfm.txt maps all but the 16 contour landmarks (added from the contours file) and
-    # the inner mouth corners 61 and 65
+    # the inner mouth corners 61 and 65: 68 rows in iBUG order, those two invalid
     _, _, ids = F.eos_landmarks(3448, eos / "ibug_to_sfm.txt", eos / "sfm_model_contours.json")
-    assert ids == tuple(i for i in range(1, 69) if i not in (61, 65)) and len(s) == 66
-    assert np.asarray(s.indices)[ids.index(31), 0] == 114  # nose tip
-    c = m.contours["ibug68_eos"]
+    assert ids == tuple(i for i in range(1, 69) if i not in (61, 65)) and len(s) == 68
+    np.testing.assert_array_equal(np.flatnonzero(~np.asarray(s.valid)) + 1, [61, 65])
+    assert np.asarray(s.indices)[30, 0] == 114  # nose tip (iBUG 31)
+    c = m.contours["ibug68"]
     assert np.asarray(c.candidates).shape == (16, 17)
+    np.testing.assert_array_equal(np.asarray(c.landmark_index),
+                                  list(range(0, 8)) + list(range(9, 17)))
     assert np.asarray(c.candidates)[0, 0] == 380  # first right_contour vertex
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxface.render import rasterize as rast_mod
 from jaxface.render.rasterize import Fragments, rasterize
 from jaxface.render.reference import fit_to_image, rasterize_reference
+
+# the module (the package attribute ``jaxface.render.rasterize`` is the function)
+rast_mod = importlib.import_module("jaxface.render.rasterize")
 
 
 def random_mesh(rng, n_vertices=60, n_faces=50, size=(40, 56), spread=6.0):
@@ -26,8 +30,8 @@ def mismatch_fraction(ids, ref):
     return float((np.asarray(ids) != ref).sum()) / covered
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("tile,chunk", [(2, None), (1, 37), (3, 5)])
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("tile,chunk", [(2, None), (3, 5)])
 def test_matches_reference_random(seed, tile, chunk):
     rng = np.random.default_rng(seed)
     v, f = random_mesh(rng)
@@ -97,12 +101,11 @@ def test_batch_and_vmap_and_jit(rng):
     f = meshes[0][1]
     vb = np.stack([m[0] for m in meshes])
     fb = rasterize(vb, f, (40, 56))
-    fv = jax.vmap(lambda x: rasterize(x, f, (40, 56)))(jnp.asarray(vb))
-    fj = jax.jit(lambda x: rasterize(x, f, (40, 56)))(jnp.asarray(vb))
+    fv = jax.jit(jax.vmap(lambda x: rasterize(x, f, (40, 56))))(jnp.asarray(vb))
     assert isinstance(fb, Fragments) and fb.triangle_id.shape == (3, 40, 56)
     for b in range(3):
         single = rasterize(vb[b], f, (40, 56))
-        for other in (fb, fv, fj):
+        for other in (fb, fv):
             np.testing.assert_array_equal(other.triangle_id[b], single.triangle_id)
             np.testing.assert_allclose(other.barycentric[b], single.barycentric, atol=1e-6)
 
@@ -124,11 +127,13 @@ def test_big_offscreen_degenerate_and_nan_triangles_are_harmless():
     assert np.isfinite(np.asarray(fr.barycentric)).all()
 
 
-def test_dense_fallback_when_fragment_count_overflows(monkeypatch, rng):
+def test_many_epochs_give_the_same_result(monkeypatch, rng):
     v, f = random_mesh(rng, n_faces=20)
-    monkeypatch.setattr(rast_mod, "_INT_LIMIT", 4.0)  # force the overflow path
+    monkeypatch.setattr(rast_mod, "_EPOCH", 7.0)  # tiny epochs exercise the int32-safety loop
+    rast_mod._rasterize_single.clear_cache()
     fr = rasterize(v, f, (40, 56))
     ids, _, _ = rasterize_reference(v, f, (40, 56))
+    rast_mod._rasterize_single.clear_cache()
     assert mismatch_fraction(fr.triangle_id, ids) <= 1e-3
 
 
@@ -156,6 +161,14 @@ def test_ict_face_matches_reference(data_dir):
     assert mismatch_fraction(fr.triangle_id, ids) <= 1e-3
 
 
+@jax.jit
+def _interior_loss_jit(v, colors, w):
+    return _interior_loss(v, _GRAD_F, colors, (32, 32), w)
+
+
+_GRAD_F = np.array([[0, 1, 2], [1, 3, 2]], np.int32)
+
+
 def _interior_loss(v, f, colors, size, w=None):
     from jaxface.render.interpolate import interpolate
     fr = rasterize(v, f, size, w=w)
@@ -168,18 +181,17 @@ def test_interior_gradients_match_finite_differences():
     with jax.enable_x64(True):
         v = jnp.array([[3.3, 4.1, 1.0], [25.7, 6.2, 2.0], [12.4, 27.9, 3.0],
                        [28.1, 29.3, 2.5]], jnp.float64)
-        f = np.array([[0, 1, 2], [1, 3, 2]], np.int32)
         colors = jnp.array([[1.0, 0.2], [0.1, 0.9], [0.5, 0.5], [0.3, 0.0]], jnp.float64)
         wv = jnp.array([1.0, 1.5, 2.0, 1.2], jnp.float64)
         for w in (None, wv):
-            g = jax.grad(_interior_loss)(v, f, colors, (32, 32), w)
+            g = jax.grad(_interior_loss_jit)(v, colors, w)
             eps = 1e-4
             for idx in [(0, 0), (1, 1), (2, 0), (3, 1), (1, 2)]:
                 if idx[1] == 2 and w is None:
                     continue  # depth does not change the image of non-overlapping triangles
                 dv = jnp.zeros_like(v).at[idx].set(eps)
-                fd = (_interior_loss(v + dv, f, colors, (32, 32), w)
-                      - _interior_loss(v - dv, f, colors, (32, 32), w)) / (2 * eps)
+                fd = (_interior_loss_jit(v + dv, colors, w)
+                      - _interior_loss_jit(v - dv, colors, w)) / (2 * eps)
                 np.testing.assert_allclose(g[idx], fd, rtol=1e-5, atol=1e-7)
                 assert abs(float(fd)) > 0 or idx[1] == 2
 
@@ -195,9 +207,10 @@ def test_no_nan_gradients_in_degenerate_cases():
         "empty": np.array([[-50, -50, 1], [-40, -50, 1], [-50, -40, 1], [100, 100, 1],
                            [110, 100, 1], [100, 110, 1]], np.float32),
     }
+    grad = jax.jit(jax.grad(lambda v, w: _interior_loss(v, f, colors, (16, 16), w),
+                            argnums=(0, 1)))
+    grad_now = jax.jit(jax.grad(lambda v: _interior_loss(v, f, colors, (16, 16))))
     for name, v in cases.items():
-        g = jax.grad(_interior_loss)(jnp.asarray(v), f, colors, (16, 16))
-        assert np.isfinite(np.asarray(g)).all(), name
-        gw = jax.grad(lambda w, v=v: _interior_loss(jnp.asarray(v), f, colors, (16, 16), w))(
-            jnp.ones(6))
-        assert np.isfinite(np.asarray(gw)).all(), name
+        gv, gw = grad(jnp.asarray(v), jnp.ones(6))
+        assert np.isfinite(np.asarray(gv)).all() and np.isfinite(np.asarray(gw)).all(), name
+        assert np.isfinite(np.asarray(grad_now(jnp.asarray(v)))).all(), name

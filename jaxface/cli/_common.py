@@ -1,0 +1,105 @@
+"""Pieces shared by the ``jaxface`` commands that fit photos (``demo``, ``fit``): reading
+images with clear errors and writing the three per-image outputs (``result.json``, ``mesh.obj``,
+``overlay.png``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxface.errors import JaxfaceError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+class ImageReadError(JaxfaceError):
+    """An image file cannot be read or is not a usable picture."""
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a photo as HxWx3 float32 in [0, 1]; grey, RGBA and 16-bit files are converted.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ImageReadError: the file is not a decodable image or has an unusable shape (names the file).
+    """
+    import imageio.v3 as iio
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image {str(p)!r} not found")
+    try:
+        raw = np.asarray(iio.imread(p))
+    except Exception as e:  # imageio raises many types for corrupt data
+        raise ImageReadError(f"cannot read image {p}: {type(e).__name__}: {e}") from None
+    return check_image(raw, str(p))
+
+
+def check_image(raw: np.ndarray, source: str) -> np.ndarray:
+    """Validate a decoded picture (HxW, HxWx1/3/4; any integer or float dtype) -> HxWx3 float32."""
+    from jaxface.viz import to_float
+
+    if raw.ndim == 3 and raw.shape[-1] == 1:
+        raw = raw[..., 0]
+    if raw.ndim == 4 and raw.shape[0] == 1:  # single-frame animation
+        raw = raw[0]
+    if raw.ndim not in (2, 3) or (raw.ndim == 3 and raw.shape[-1] not in (3, 4)):
+        raise ImageReadError(f"{source}: expected a grey, RGB or RGBA picture, got an array of "
+                             f"shape {raw.shape}")
+    if raw.shape[0] < 8 or raw.shape[1] < 8:
+        raise ImageReadError(f"{source}: image of {raw.shape[1]}x{raw.shape[0]} pixels is too "
+                             f"small")
+    if raw.dtype == bool:
+        raw = raw.astype(np.uint8) * 255
+    img = to_float(raw)
+    if not np.all(np.isfinite(img)):
+        raise ImageReadError(f"{source}: image has NaN or infinite values")
+    return img
+
+
+def write_fit_outputs(out_dir: str | os.PathLike, image: np.ndarray, model, result,
+                      observed: np.ndarray | None = None, extra: dict[str, Any] | None = None
+                      ) -> dict[str, Any]:
+    """Write ``overlay.png``, ``mesh.obj`` and ``result.json`` (last, atomically) for one fit.
+
+    Args:
+      out_dir: folder to write into (created).
+      image: (H, W, 3) float photo the fit belongs to.
+      model: the fitted MorphableModel.
+      result: an unbatched FitResult.
+      observed: (L, 2) the landmarks that were fitted (drawn in green; the fit's in red).
+      extra: keys added to ``result.json`` (e.g. the input file).
+
+    Returns:
+      the ``result.json`` payload (``jaxface.fit.result_to_json`` plus ``extra``).
+    """
+    import imageio.v3 as iio
+
+    from jaxface.fit import model_vertices_camera, result_to_json
+    from jaxface.mesh import Mesh, write_obj
+    from jaxface.viz import composite, draw_points, shaded_render
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    h, w = image.shape[:2]
+    payload = result_to_json(model, result, (h, w))
+    if extra:
+        payload.update(extra)
+    verts = np.asarray(model_vertices_camera(model, result))
+    rgb, mask = shaded_render(verts, model.triangles, result.camera, (h, w))
+    over = composite(image, rgb, mask, alpha=0.75)
+    radius = max(1, round(max(h, w) / 400))
+    if observed is not None:
+        over = draw_points(over, observed, (0, 255, 0), radius + 1)
+    over = draw_points(over, result.landmarks2d, (255, 0, 0), radius)
+    iio.imwrite(out / "overlay.png", over)
+    write_obj(out / "mesh.obj", Mesh(vertices=verts.astype(np.float32),
+                                     triangles=np.asarray(model.triangles)))
+    tmp = out / "result.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, out / "result.json")
+    return payload

@@ -1,0 +1,267 @@
+"""``jaxface fit``: fit the morphable model to the faces in images, a folder or a video.
+
+    jaxface fit INPUT [--landmarks PTS_OR_DIR] [--detector mediapipe|dlib]
+                [--model default|PATH] [--video] --out DIR [--resume]
+
+INPUT is an image, a folder of images (files with an image suffix, sorted by name; other files
+are ignored) or, with ``--video``, a video file whose frames are read with imageio's ``pyav``
+plugin (PyAV). Each frame is fitted independently; temporal smoothing of pose and expression
+belongs to sequence fitting (``jaxface.fit``), not to this command yet.
+
+For each image (``<stem>`` = the file name without suffix; ``<video stem>_<frame:06d>`` for
+frames) it writes ``DIR/<stem>/result.json`` (``jaxface.fit.result_to_json``: ``landmarks2d``
+(68 x 2 pixels, iBUG order), ``rotation``, ``translation`` (mm), ``camera`` (fx, fy, cx, cy),
+``identity``, ``expression``, ``landmark_rmse_px``, ... plus ``input``, ``landmarks_source``
+and ``observed_landmarks``), ``DIR/<stem>/mesh.obj`` (camera frame, mm) and
+``DIR/<stem>/overlay.png`` (the fit over the photo; input landmarks green, fitted red).
+``result.json`` is written last, so ``--resume`` skips exactly the images it finished.
+
+Landmarks: ``--landmarks FILE.pts`` (a single image) or ``--landmarks DIR`` holding
+``<stem>.pts`` per image (an image without one is a failure); otherwise the detector runs and the
+largest face is fitted.
+
+Failures: an image that cannot be read, has no face, or has unusable landmarks is recorded in
+``DIR/failures.json`` (``{"<file>": "reason"}``, this run's failures; ``{}`` when none) and the
+run goes on. Exit status: 0 when at least one image was fitted (or already done, with
+``--resume``), 1 when none was (every image failed, or there was nothing to fit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from jaxface.errors import JaxfaceError
+
+
+class LandmarkInputError(JaxfaceError, ValueError):
+    """Given landmarks cannot be fitted (wrong count, NaN, outside the image, face too small)."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="an image, a folder of images, or a video file (with --video)")
+    p.add_argument("--landmarks", default=None, metavar="PTS_OR_DIR",
+                   help="iBUG .pts file (single image) or folder of <stem>.pts files; "
+                        "default: run the detector")
+    p.add_argument("--detector", default="mediapipe", choices=["mediapipe", "dlib"],
+                   help="landmark detector when --landmarks is not given (default mediapipe)")
+    p.add_argument("--model", default="default",
+                   help="'default' (the embedded model) or a jaxface model .npz")
+    p.add_argument("--video", action="store_true", help="INPUT is a video: fit every frame")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--resume", action="store_true",
+                   help="skip images whose DIR/<stem>/result.json already exists")
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+class _Item:
+    """One picture to fit: a name for messages, an output stem, and how to get its pixels."""
+
+    def __init__(self, name: str, stem: str, path: Path | None = None,
+                 frame: np.ndarray | None = None, index: int | None = None):
+        self.name, self.stem, self.path, self.frame, self.index = name, stem, path, frame, index
+
+    def pixels(self) -> np.ndarray:
+        from jaxface.cli._common import check_image, read_image
+
+        if self.frame is not None:
+            return check_image(self.frame, self.name)
+        return read_image(self.path)
+
+
+def _image_items(src: Path) -> list[_Item]:
+    from jaxface.cli._common import IMAGE_SUFFIXES
+
+    if src.is_dir():
+        files = sorted(p for p in src.iterdir()
+                       if p.is_file() and not p.name.startswith(".")
+                       and p.suffix.lower() in IMAGE_SUFFIXES)
+    elif src.is_file():
+        files = [src]
+    else:
+        raise FileNotFoundError(f"input {str(src)!r} not found")
+    stems = [p.stem for p in files]
+    items = []
+    for p in files:
+        # two files with one stem (a.jpg, a.png) keep their suffix in the output name
+        stem = p.stem if stems.count(p.stem) == 1 else p.name.replace(".", "_")
+        items.append(_Item(str(p), stem, path=p))
+    return items
+
+
+def _video_items(src: Path) -> Iterator[_Item]:
+    try:
+        import av  # noqa: F401
+        import imageio.v3 as iio
+    except ImportError as e:
+        from jaxface.detect import MissingDependencyError
+
+        raise MissingDependencyError("reading video needs PyAV: pip install av") from e
+    from jaxface.cli._common import ImageReadError
+
+    try:
+        frames = iio.imiter(src, plugin="pyav")
+        for i, frame in enumerate(frames):
+            yield _Item(f"{src}#{i}", f"{src.stem}_{i:06d}", frame=np.asarray(frame), index=i)
+    except Exception as e:
+        raise ImageReadError(f"cannot read video {src}: {type(e).__name__}: {e}") from None
+
+
+def _video_length(src: Path) -> int | None:
+    try:
+        import imageio.v3 as iio
+
+        meta = iio.immeta(src, plugin="pyav")
+        return int(round(float(meta["duration"]) * float(meta["fps"])))
+    except Exception:
+        return None
+
+
+def _landmark_source(arg: str | None, single_image: bool):
+    """A function ``stem -> (68, 2) landmarks`` or None (run the detector)."""
+    if arg is None:
+        return None
+    from jaxface.detect import read_pts
+
+    src = Path(arg)
+    if src.is_dir():
+        def from_dir(stem: str) -> np.ndarray:
+            f = src / f"{stem}.pts"
+            if not f.is_file():
+                raise FileNotFoundError(f"no landmark file {f}")
+            return read_pts(f)
+        return from_dir
+    if src.is_file():
+        if not single_image:
+            raise LandmarkInputError(f"--landmarks {arg} is one file, but INPUT is not a single "
+                                     "image; pass a folder of <stem>.pts files")
+        pts = read_pts(src)
+        return lambda stem: pts
+    raise FileNotFoundError(f"landmarks {arg!r} not found")
+
+
+def check_landmarks(pts: np.ndarray, image_size: tuple[int, int], n_expected: int,
+                    source: str) -> np.ndarray:
+    """Validate (N, 2) landmarks for a fit; NaN rows are allowed (treated as missing)."""
+    pts = np.asarray(pts, np.float32)
+    if pts.ndim != 2 or pts.shape != (n_expected, 2):
+        raise LandmarkInputError(f"{source}: expected {n_expected} x 2 landmarks (iBUG-68), got "
+                                 f"shape {pts.shape}")
+    finite = np.all(np.isfinite(pts), axis=1)
+    if finite.sum() < 8:
+        raise LandmarkInputError(f"{source}: only {int(finite.sum())} of {n_expected} landmarks "
+                                 "are finite; at least 8 are needed")
+    h, w = image_size
+    good = pts[finite]
+    inside = (good[:, 0] >= 0) & (good[:, 0] <= w) & (good[:, 1] >= 0) & (good[:, 1] <= h)
+    if inside.mean() < 0.5:
+        raise LandmarkInputError(f"{source}: {int((~inside).sum())} of {len(good)} landmarks lie "
+                                 f"outside the {w}x{h} image")
+    size = float(np.sqrt(np.prod(good.max(0) - good.min(0))))
+    if size < 10.0:
+        raise LandmarkInputError(f"{source}: the face is too small ({size:.1f} px across; at "
+                                 "least 10 px needed)")
+    return pts
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from jaxface.cli._common import write_fit_outputs
+    from jaxface.detect import NoFaceError, get_detector
+    from jaxface.fit import fit_landmarks
+
+    out = Path(args.out)
+    src = Path(args.input)
+    if args.video:
+        if src.is_dir() or not src.is_file():
+            raise FileNotFoundError(f"--video needs a video file; {str(src)!r} is "
+                                    + ("a folder" if src.is_dir() else "not found"))
+        items = _video_items(src)
+        total = _video_length(src)
+        single = False
+    else:
+        items = _image_items(src)
+        total = len(items)
+        single = src.is_file()
+        if not items:
+            print(f"jaxface fit: error: no images in {src}", file=sys.stderr)
+            return 1
+    lm_source = _landmark_source(args.landmarks, single)
+    model = _load_model(args.model)
+    n_lm = len(model.landmarks["ibug68"]) if "ibug68" in model.landmarks else None
+    if n_lm is None:
+        print(f"jaxface fit: error: model {model.name!r} has no ibug68 landmark set",
+              file=sys.stderr)
+        return 1
+    detector = get_detector(args.detector) if lm_source is None else None
+    out.mkdir(parents=True, exist_ok=True)
+
+    failures: dict[str, str] = {}
+    n_done = n_skipped = 0
+    t0 = time.perf_counter()
+    bar = tqdm(items, total=total, unit="img", file=sys.stderr, disable=total == 1,
+               dynamic_ncols=True)
+    try:
+        for item in bar:
+            bar.set_postfix_str(item.stem, refresh=False)
+            target = out / item.stem
+            if args.resume and (target / "result.json").is_file():
+                n_skipped += 1
+                continue
+            try:
+                image = item.pixels()
+                h, w = image.shape[:2]
+                if lm_source is not None:
+                    pts, conf = lm_source(item.stem), None
+                    how = f"file:{args.landmarks}"
+                else:
+                    found = detector(image, source=item.name)
+                    if not found:
+                        raise NoFaceError(item.name, detector.name)
+                    pts, conf = found[0].landmarks, found[0].confidence
+                    how = f"detector:{detector.name}"
+                pts = check_landmarks(pts, (h, w), n_lm, item.name)
+                result = fit_landmarks(model, pts, (h, w), weights=conf)
+                extra = {"input": item.name, "landmarks_source": how,
+                         "observed_landmarks": [[None if not np.isfinite(v) else round(float(v), 4)
+                                                 for v in p] for p in pts]}
+                if item.index is not None:
+                    extra["frame"] = item.index
+                write_fit_outputs(target, image, model, result, observed=pts, extra=extra)
+                n_done += 1
+            except (JaxfaceError, OSError, ValueError) as e:
+                failures[item.name] = f"{type(e).__name__}: {e}"
+                msg = str(e) if item.name in str(e) else f"{item.name}: {e}"
+                tqdm.write(f"jaxface fit: {msg}", file=sys.stderr)
+    finally:
+        bar.close()
+        tmp = out / "failures.json.tmp"
+        tmp.write_text(json.dumps(failures, indent=1))
+        os.replace(tmp, out / "failures.json")
+    dt = time.perf_counter() - t0
+    print(f"jaxface fit: {n_done} fitted, {n_skipped} skipped (already done), "
+          f"{len(failures)} failed in {dt:.1f} s; results in {out}", file=sys.stderr)
+    return 0 if (n_done + n_skipped) > 0 else 1
+
+
+def _load_model(spec: str):
+    from jaxface.models import load_default, load_npz
+
+    if spec == "default":
+        return load_default()
+    if not Path(spec).is_file():
+        raise FileNotFoundError(f"model {spec!r} not found (give 'default' or a .npz file)")
+    return load_npz(spec)

@@ -1,0 +1,203 @@
+"""``render()``: the whole image-formation pipeline composed from the primitives.
+
+    params -> vertices (model) -> camera frame (pose) -> screen (camera) -> rasterise
+           -> interpolate albedo and normals -> SH shading -> [antialias | soft blend] -> image
+
+Everything is a pure function of pytrees (jit, vmap, grad). Shading happens in the camera frame:
+``sh`` coefficients describe light arriving in camera coordinates (+x right, +y down, +z
+forward), so a light "from the viewer" is direction ``(0, 0, -1)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxface._pytree import pytree_dataclass
+from jaxface.camera import Camera, project, to_screen
+from jaxface.mesh.normals import vertex_normals
+from jaxface.models.morphable import MorphableModel, landmarks, vertices
+from jaxface.render.antialias import antialias, edge_neighbors
+from jaxface.render.interpolate import interpolate
+from jaxface.render.rasterize import rasterize
+from jaxface.render.shading import sh_ambient, sh_directional, sh_shading
+from jaxface.render.soft import soft_blend, soft_interpolate, soft_rasterize
+
+Array = jax.Array
+
+SKIN_TONE = (0.72, 0.55, 0.46)
+"""Albedo used when neither the model nor the caller provides one (linear RGB)."""
+
+
+@pytree_dataclass
+class FaceParams:
+    """Parameters of one face in one image.
+
+    Attributes:
+      identity: (Ks,) identity coefficients (raw, see ``MorphableModel``).
+      expression: (Ke,) expression coefficients, or None.
+      rotation: (3, 3) model -> camera rotation.
+      translation: (3,) model -> camera translation in mm.
+      albedo: (Ka,) albedo coefficients of the model's albedo basis, or None.
+    """
+
+    identity: Any
+    expression: Any
+    rotation: Any
+    translation: Any
+    albedo: Any = None
+
+
+@pytree_dataclass
+class RenderOutput:
+    """Everything ``render`` computes (H x W images; V model vertices; L landmarks).
+
+    Attributes:
+      rgb: (H, W, 3) shaded image composited over the background.
+      mask: (H, W) float coverage in [0, 1] (exactly 0/1 for the hard path).
+      depth: (H, W) camera depth of the visible surface (mm; 0 on background).
+      normals: (H, W, 3) unit camera-frame normals of the visible surface (0 on background).
+      albedo: (H, W, 3) interpolated albedo (0 on background).
+      triangle_id: (H, W) int32, -1 on background (hard rasterisation).
+      barycentric: (H, W, 3) perspective-correct barycentrics.
+      landmarks2d: (L, 2) projected landmarks (pixels).
+      visibility: (V,) bool, vertices seen by the camera (front-facing and not occluded).
+      vertices: (V, 3) camera-frame vertices (mm).
+      screen: (V, 3) screen-space vertices (pixels, depth).
+    """
+
+    rgb: Any
+    mask: Any
+    depth: Any
+    normals: Any
+    albedo: Any
+    triangle_id: Any
+    barycentric: Any
+    landmarks2d: Any
+    visibility: Any
+    vertices: Any
+    screen: Any
+
+
+def default_light() -> Array:
+    """(9, 3) SH light: ambient 0.45 plus a key light from the viewer's upper left."""
+    return 0.45 * sh_ambient(1.0) + 0.7 * sh_directional(jnp.array([-0.4, -0.5, -1.0]))
+
+
+def vertex_albedo(model: MorphableModel, coeffs: Any = None) -> Array:
+    """(V, 3) per-vertex albedo: the model's albedo mean (+ basis @ coeffs), else SKIN_TONE."""
+    if model.albedo_mean is None:
+        return jnp.broadcast_to(jnp.asarray(SKIN_TONE, jnp.float32), (model.n_vertices, 3))
+    a = jnp.asarray(model.albedo_mean, jnp.float32)
+    if coeffs is not None and model.albedo_basis is not None:
+        a = a + jnp.einsum("k,kvc->vc", jnp.asarray(coeffs, jnp.float32),
+                           jnp.asarray(model.albedo_basis[: jnp.shape(coeffs)[0]]))
+    return a
+
+
+def render(model: MorphableModel, params: FaceParams, camera: Camera,
+           image_size: tuple[int, int], *, sh: Any = None, albedo: Any = None,
+           background: Any = 0.0, mode: str = "hard", landmark_set: str | None = "ibug68",
+           neighbors: Any = None, soft_sigma: float = 0.02, soft_gamma: float = 0.01,
+           faces_per_pixel: int = 8, soft_depth_range: tuple[float, float] = (100.0, 3000.0),
+           visibility_tolerance: float = 2.0) -> RenderOutput:
+    """Render a face.
+
+    Args:
+      model: the morphable model.
+      params: FaceParams (coefficients and pose).
+      camera: PerspectiveCamera / WeakPerspectiveCamera / AffineCamera.
+      image_size: (H, W), static.
+      sh: (9, 3) SH light in the camera frame (default :func:`default_light`).
+      albedo: (V, 3) per-vertex albedo overriding the model's (e.g. a fitted free albedo).
+      background: scalar, (3,) colour or (H, W, 3) image behind the face.
+      mode: ``"hard"`` (exact visibility, no silhouette gradients), ``"antialias"`` (hard plus
+        analytic edge antialiasing: silhouette gradients, no blur) or ``"soft"`` (SoftRas
+        probabilistic coverage: gradients from pixels outside the silhouette, blurred edges).
+      landmark_set: landmarks to project, or None.
+      neighbors: (T, 3) edge neighbours for ``"antialias"``
+        (:func:`jaxface.render.edge_neighbors`); computed from the model when None, which needs
+        concrete (not traced) triangles.
+      soft_sigma, soft_gamma, faces_per_pixel: soft-rasteriser sharpness (px^2), depth
+        temperature and K. Coverage is ``1 - prod_k (1 - sigmoid(-d_k / sigma))``, so on a
+        dense mesh a sigma much above 0.02 px^2 lets pixels near interior edges lose coverage
+        (SoftRas's faint wireframe); raise it for longer-range silhouette gradients.
+      soft_depth_range: (znear, zfar) in mm (static) over which the soft path normalises depth
+        for its softmax; ``soft_gamma`` is relative to this range.
+      visibility_tolerance: depth slack (mm) of the per-vertex visibility test.
+
+    Returns:
+      RenderOutput.
+    """
+    if mode not in ("hard", "antialias", "soft"):
+        raise ValueError(f"mode must be 'hard', 'antialias' or 'soft', got {mode!r}")
+    h, w = (int(s) for s in image_size)
+    tri = jnp.asarray(model.triangles, jnp.int32)
+    verts = vertices(model, params.identity, params.expression)
+    verts_cam = verts @ jnp.asarray(params.rotation).T + jnp.asarray(params.translation)
+    scr = to_screen(camera, verts_cam)
+    normals = vertex_normals(verts_cam, tri)
+    alb = vertex_albedo(model, params.albedo) if albedo is None else jnp.asarray(albedo)
+    light = default_light() if sh is None else jnp.asarray(sh)
+    bg = jnp.broadcast_to(jnp.asarray(background, jnp.float32), (h, w, 3))
+
+    frags = rasterize(scr.xyz, tri, (h, w), w=scr.w)
+    covered = frags.triangle_id >= 0
+    attrs = interpolate(jnp.concatenate([alb, normals], axis=-1), frags, tri)
+    alb_px = attrs[..., :3]
+    n_px = attrs[..., 3:]
+    n_px = n_px / jnp.sqrt(jnp.maximum(jnp.sum(n_px * n_px, -1, keepdims=True), 1e-12))
+    n_px = jnp.where(covered[..., None], n_px, 0.0)
+    shaded = alb_px * sh_shading(n_px, light)
+    mask = covered.astype(jnp.float32)
+    rgb = jnp.where(covered[..., None], shaded, bg)
+
+    if mode == "antialias":
+        nbr = neighbors
+        if nbr is None:
+            nbr = edge_neighbors(np.asarray(model.triangles))
+        rgb = antialias(rgb, frags, scr.xyz, tri, neighbors=nbr)
+        mask = antialias(mask[..., None], frags, scr.xyz, tri, neighbors=nbr)[..., 0]
+    elif mode == "soft":
+        sfr = soft_rasterize(scr.xyz, tri, (h, w), sigma=soft_sigma,
+                             faces_per_pixel=faces_per_pixel)
+        v_col = alb * sh_shading(normals, light)
+        cols = soft_interpolate(v_col, sfr, tri)
+        znear, zfar = (float(d) for d in soft_depth_range)
+        rgba = soft_blend(cols, sfr, sigma=soft_sigma, gamma=soft_gamma, background=0.0,
+                          znear=znear, zfar=zfar)
+        mask = rgba[..., 3]
+        # soft_blend's colour is the depth-softmax mix of the candidate faces (the background
+        # weight is negligible next to any face); composite over the background by coverage.
+        rgb = mask[..., None] * rgba[..., :3] + (1.0 - mask)[..., None] * bg
+
+    visible = vertex_visibility(scr.xyz, normals, verts_cam, frags.depth, covered,
+                                visibility_tolerance)
+    lm2d = (project(camera, landmarks(model, verts_cam, landmark_set))
+            if landmark_set is not None else jnp.zeros((0, 2), jnp.float32))
+    return RenderOutput(rgb=rgb, mask=mask, depth=jnp.where(covered, frags.depth, 0.0),
+                        normals=n_px, albedo=jnp.where(covered[..., None], alb_px, 0.0),
+                        triangle_id=frags.triangle_id, barycentric=frags.barycentric,
+                        landmarks2d=lm2d, visibility=visible, vertices=verts_cam,
+                        screen=scr.xyz)
+
+
+def vertex_visibility(screen: Array, normals: Array, verts_cam: Array, depth: Array,
+                      covered: Array, tolerance: float = 2.0) -> Array:
+    """(V,) bool: vertex in the image, facing the camera and not behind the depth buffer.
+
+    Args:
+      screen: (V, 3) pixels + depth; normals: (V, 3) camera-frame normals; verts_cam: (V, 3);
+      depth: (H, W) depth buffer; covered: (H, W) bool; tolerance: depth slack in mm.
+    """
+    h, w = depth.shape
+    col = jnp.floor(screen[:, 0]).astype(jnp.int32)
+    row = jnp.floor(screen[:, 1]).astype(jnp.int32)
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    r, c = jnp.clip(row, 0, h - 1), jnp.clip(col, 0, w - 1)
+    facing = jnp.sum(normals * verts_cam, axis=-1) < 0.0
+    unoccluded = covered[r, c] & (screen[:, 2] <= depth[r, c] + tolerance)
+    return inside & facing & unoccluded

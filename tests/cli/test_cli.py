@@ -1,0 +1,73 @@
+"""The ``jaxface`` command line: help, subcommand registry, ``models info``, the demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jaxface.cli import SUBCOMMANDS, build_parser, main
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as ex:
+        main(["--help"])
+    assert ex.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("demo", "fit", "models", "bench"):
+        assert name in SUBCOMMANDS and name in out
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
+
+
+def test_fit_arguments(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--landmarks", "--detector", "--model", "--video", "--out", "--resume"):
+        assert flag in out
+    args = build_parser().parse_args(["fit", "photos", "--out", "o"])
+    assert (args.input, args.detector, args.model, args.video, args.resume) == (
+        "photos", "mediapipe", "default", False, False)
+    with pytest.raises(SystemExit):  # --out is required
+        build_parser().parse_args(["fit", "photos"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["fit", "photos", "--out", "o", "--detector", "opencv"])
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    assert main(["fit", str(tmp_path / "missing.jpg"), "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "jaxface fit: error:" in err and "missing.jpg" in err and "Traceback" not in err
+    assert main(["fit", str(tmp_path), "--out", str(tmp_path / "o")]) == 1  # empty folder
+    assert "no images" in capsys.readouterr().err
+    assert main(["fit", str(tmp_path), "--video", "--out", str(tmp_path / "o")]) == 1
+    assert "needs a video file" in capsys.readouterr().err
+
+
+def test_models_info_default(capsys):
+    assert main(["models", "info", "default"]) == 0
+    out = capsys.readouterr().out
+    assert "vertices:" in out and "ibug68 (68)" in out
+
+
+def test_console_entry_point_runs():
+    # `python -m jaxface` is the same entry point as the installed `jaxface` script
+    res = subprocess.run([sys.executable, "-m", "jaxface", "--version"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("jaxface ")
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"input.png", "landmarks.png", "overlay.png", "mesh.obj", "result.json"} <= names
+    res = json.loads((out / "result.json").read_text())
+    assert len(res["landmarks2d"]) == 68 and res["landmark_rmse_px"] < 10.0
