@@ -12,9 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxface.camera import PerspectiveCamera, to_screen
-from jaxface.mesh.normals import vertex_normals
-from jaxface.render.shading import sh_ambient, sh_directional, sh_shading
+from jaxface.camera import PerspectiveCamera
+from jaxface.render.pipeline import render_mesh
 
 
 def to_uint8(image: Any) -> np.ndarray:
@@ -73,30 +72,15 @@ def shaded_render(verts_cam: Any, triangles: Any, camera: PerspectiveCamera,
                   image_size: tuple[int, int], sh: Any = None,
                   albedo: Any = (0.75, 0.72, 0.7)) -> tuple[np.ndarray, np.ndarray]:
     """Grey-clay render of a camera-frame mesh: (HxWx3 float image, HxW bool mask)."""
-    rgb, mask = _shaded(jnp.asarray(verts_cam, jnp.float32), jnp.asarray(triangles, jnp.int32),
-                        camera, tuple(int(s) for s in image_size),
-                        None if sh is None else jnp.asarray(sh), jnp.asarray(albedo, jnp.float32))
-    return np.asarray(rgb), np.asarray(mask)
+    out = _clay(jnp.asarray(verts_cam, jnp.float32), jnp.asarray(triangles, jnp.int32), camera,
+                tuple(int(s) for s in image_size), None if sh is None else jnp.asarray(sh),
+                jnp.asarray(albedo, jnp.float32))
+    return np.asarray(out.rgb), np.asarray(out.mask) > 0
 
 
 @functools.partial(jax.jit, static_argnames=("image_size",))
-def _shaded(verts_cam, triangles, camera, image_size, sh, albedo):
-    from jaxface.render.interpolate import interpolate
-    from jaxface.render.rasterize import rasterize
-
-    scr = to_screen(camera, verts_cam)
-    frags = rasterize(scr.xyz, triangles, image_size, w=scr.w)
-    # Camera-frame normals (visible surfaces face -z). Default light: ambient plus a key light
-    # from the viewer's upper left (camera frame: +x right, +y down, +z forward).
-    normals = vertex_normals(verts_cam, triangles)
-    if sh is None:
-        sh = 0.45 * sh_ambient(1.0) + 0.7 * sh_directional(jnp.array([-0.4, -0.5, -1.0]))
-    n_px = interpolate(normals, frags, triangles)
-    n_px = n_px / jnp.maximum(jnp.linalg.norm(n_px, axis=-1, keepdims=True), 1e-8)
-    shade = sh_shading(n_px, sh)
-    mask = frags.triangle_id >= 0
-    rgb = jnp.clip(albedo * shade, 0.0, 1.0) * mask[..., None]
-    return rgb, mask
+def _clay(verts_cam, triangles, camera, image_size, sh, albedo):
+    return render_mesh(verts_cam, triangles, camera, image_size, albedo=albedo, sh=sh)
 
 
 def composite(photo: Any, render: Any, mask: Any, alpha: float = 0.8) -> np.ndarray:

@@ -10,6 +10,7 @@ forward), so a light "from the viewer" is direction ``(0, 0, -1)``.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -134,13 +135,44 @@ def render(model: MorphableModel, params: FaceParams, camera: Camera,
     """
     if mode not in ("hard", "antialias", "soft"):
         raise ValueError(f"mode must be 'hard', 'antialias' or 'soft', got {mode!r}")
-    h, w = (int(s) for s in image_size)
     tri = jnp.asarray(model.triangles, jnp.int32)
     verts = vertices(model, params.identity, params.expression)
     verts_cam = verts @ jnp.asarray(params.rotation).T + jnp.asarray(params.translation)
+    alb = vertex_albedo(model, params.albedo) if albedo is None else jnp.asarray(albedo)
+    if mode == "antialias" and neighbors is None:
+        neighbors = edge_neighbors(np.asarray(model.triangles))
+    out = render_mesh(verts_cam, tri, camera, image_size, albedo=alb, sh=sh,
+                      background=background, mode=mode, neighbors=neighbors,
+                      soft_sigma=soft_sigma, soft_gamma=soft_gamma,
+                      faces_per_pixel=faces_per_pixel, soft_depth_range=soft_depth_range,
+                      visibility_tolerance=visibility_tolerance)
+    if landmark_set is not None:
+        out = dataclasses.replace(
+            out, landmarks2d=project(camera, landmarks(model, verts_cam, landmark_set)))
+    return out
+
+
+def render_mesh(verts_cam: Any, triangles: Any, camera: Camera, image_size: tuple[int, int],
+                *, albedo: Any = SKIN_TONE, sh: Any = None, background: Any = 0.0,
+                mode: str = "hard", neighbors: Any = None, soft_sigma: float = 0.02,
+                soft_gamma: float = 0.01, faces_per_pixel: int = 8,
+                soft_depth_range: tuple[float, float] = (100.0, 3000.0),
+                visibility_tolerance: float = 2.0) -> RenderOutput:
+    """Render a camera-frame triangle mesh (the part of :func:`render` after the model).
+
+    Args:
+      verts_cam: (V, 3) camera-frame vertices (mm); triangles: (T, 3) int.
+      albedo: (V, 3) per-vertex albedo or one (3,) colour.
+      Other arguments as :func:`render`. ``landmarks2d`` of the output is empty (0, 2).
+    """
+    if mode not in ("hard", "antialias", "soft"):
+        raise ValueError(f"mode must be 'hard', 'antialias' or 'soft', got {mode!r}")
+    h, w = (int(s) for s in image_size)
+    tri = jnp.asarray(triangles, jnp.int32)
+    verts_cam = jnp.asarray(verts_cam, jnp.float32)
     scr = to_screen(camera, verts_cam)
     normals = vertex_normals(verts_cam, tri)
-    alb = vertex_albedo(model, params.albedo) if albedo is None else jnp.asarray(albedo)
+    alb = jnp.broadcast_to(jnp.asarray(albedo, jnp.float32), verts_cam.shape)
     light = default_light() if sh is None else jnp.asarray(sh)
     bg = jnp.broadcast_to(jnp.asarray(background, jnp.float32), (h, w, 3))
 
@@ -158,7 +190,7 @@ def render(model: MorphableModel, params: FaceParams, camera: Camera,
     if mode == "antialias":
         nbr = neighbors
         if nbr is None:
-            nbr = edge_neighbors(np.asarray(model.triangles))
+            nbr = edge_neighbors(np.asarray(triangles))
         rgb = antialias(rgb, frags, scr.xyz, tri, neighbors=nbr)
         mask = antialias(mask[..., None], frags, scr.xyz, tri, neighbors=nbr)[..., 0]
     elif mode == "soft":
@@ -176,13 +208,14 @@ def render(model: MorphableModel, params: FaceParams, camera: Camera,
 
     visible = vertex_visibility(scr.xyz, normals, verts_cam, frags.depth, covered,
                                 visibility_tolerance)
-    lm2d = (project(camera, landmarks(model, verts_cam, landmark_set))
-            if landmark_set is not None else jnp.zeros((0, 2), jnp.float32))
+    lm2d = jnp.zeros((0, 2), jnp.float32)
     return RenderOutput(rgb=rgb, mask=mask, depth=jnp.where(covered, frags.depth, 0.0),
                         normals=n_px, albedo=jnp.where(covered[..., None], alb_px, 0.0),
                         triangle_id=frags.triangle_id, barycentric=frags.barycentric,
                         landmarks2d=lm2d, visibility=visible, vertices=verts_cam,
                         screen=scr.xyz)
+
+
 
 
 def vertex_visibility(screen: Array, normals: Array, verts_cam: Array, depth: Array,

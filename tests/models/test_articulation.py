@@ -110,13 +110,9 @@ def test_rest_pose_and_global_rotation(flame, rng):
     np.testing.assert_allclose(posed, want, atol=1e-3)
     with pytest.raises(ValueError, match="pose must be"):
         vertices(model, a, None, np.zeros((4, 3)))
-    linear = load_flame_linear(model)
+    linear = dataclasses.replace(model, articulation=None)
     with pytest.raises(ValueError, match="no articulation"):
         vertices(linear, a, None, np.zeros((5, 3)))
-
-
-def load_flame_linear(model):
-    return dataclasses.replace(model, articulation=None)
 
 
 def test_pose_gradient_matches_finite_differences(flame, rng):
