@@ -11,7 +11,7 @@ from collections.abc import Sequence
 SUBCOMMANDS = {
     "demo": ("jaxface.cli.demo", "fit the default model to a photo and write the results"),
     "fit": ("jaxface.cli.fit", "fit a face model to images, a folder or a video"),
-    "models": ("jaxface.cli.models", "inspect morphable-model files"),
+    "models": ("jaxface.cli.models", "inspect, convert and cache morphable models"),
     "bench": ("jaxface.cli.bench", "run the benchmark suite and print a table"),
 }
 
