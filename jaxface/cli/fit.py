@@ -1,12 +1,14 @@
 """``jaxface fit``: fit the morphable model to the faces in images, a folder or a video.
 
     jaxface fit INPUT [--landmarks PTS_OR_DIR] [--detector mediapipe|dlib]
-                [--model default|PATH] [--video] --out DIR [--resume]
+                [--model default|PATH] [--video [--smoothness S]] --out DIR [--resume]
 
 INPUT is an image, a folder of images (files with an image suffix, sorted by name; other files
 are ignored) or, with ``--video``, a video file whose frames are read with imageio's ``pyav``
-plugin (PyAV). Each frame is fitted independently; temporal smoothing of pose and expression
-belongs to sequence fitting (``jaxface.fit``), not to this command yet.
+plugin (PyAV). Images are fitted independently. Video frames are fitted jointly by
+``jaxface.fit.fit_landmarks_sequence``: one identity for the whole clip and temporally smooth
+pose and expression (``--smoothness``, default 1; 0 turns smoothing off); frames without a
+face are left out of the sequence and recorded as failures.
 
 For each image (``<stem>`` = the file name without suffix; ``<video stem>_<frame:06d>`` for
 frames) it writes ``DIR/<stem>/result.json`` (``jaxface.fit.result_to_json``: ``landmarks2d``
@@ -54,7 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="landmark detector when --landmarks is not given (default mediapipe)")
     p.add_argument("--model", default="default",
                    help="'default' (the embedded model) or a jaxface model .npz")
-    p.add_argument("--video", action="store_true", help="INPUT is a video: fit every frame")
+    p.add_argument("--video", action="store_true",
+                   help="INPUT is a video: fit every frame with one shared identity and "
+                        "temporally smooth pose and expression")
+    p.add_argument("--smoothness", type=float, default=1.0,
+                   help="with --video: weight of the temporal smoothness term (0: none)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--resume", action="store_true",
                    help="skip images whose DIR/<stem>/result.json already exists")
@@ -180,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from jaxface.cli._common import write_fit_outputs
-    from jaxface.detect import NoFaceError, get_detector
+    from jaxface.detect import get_detector
     from jaxface.fit import fit_landmarks
 
     out = Path(args.out)
@@ -211,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
 
     failures: dict[str, str] = {}
     n_done = n_skipped = 0
+    sequence: list | None = [] if args.video else None
     t0 = time.perf_counter()
     bar = tqdm(items, total=total, unit="img", file=sys.stderr, disable=total == 1,
                dynamic_ncols=True)
@@ -218,34 +225,26 @@ def run(args: argparse.Namespace) -> int:
         for item in bar:
             bar.set_postfix_str(item.stem, refresh=False)
             target = out / item.stem
-            if args.resume and (target / "result.json").is_file():
+            if args.resume and not args.video and (target / "result.json").is_file():
                 n_skipped += 1
                 continue
             try:
                 image = item.pixels()
                 h, w = image.shape[:2]
-                if lm_source is not None:
-                    pts, conf = lm_source(item.stem), None
-                    how = f"file:{args.landmarks}"
-                else:
-                    found = detector(image, source=item.name)
-                    if not found:
-                        raise NoFaceError(item.name, detector.name)
-                    pts, conf = found[0].landmarks, found[0].confidence
-                    how = f"detector:{detector.name}"
-                pts = check_landmarks(pts, (h, w), n_lm, item.name)
+                pts, conf, how = _observe(item, image, lm_source, detector, n_lm, args)
+                if sequence is not None:  # video: fitted jointly below, written in pass 2
+                    sequence.append((item.index, (h, w), pts, conf, how))
+                    continue
                 result = fit_landmarks(model, pts, (h, w), weights=conf)
-                extra = {"input": item.name, "landmarks_source": how,
-                         "observed_landmarks": [[None if not np.isfinite(v) else round(float(v), 4)
-                                                 for v in p] for p in pts]}
-                if item.index is not None:
-                    extra["frame"] = item.index
-                write_fit_outputs(target, image, model, result, observed=pts, extra=extra)
+                write_fit_outputs(target, image, model, result, observed=pts,
+                                  extra=_extra(item, how, pts))
                 n_done += 1
             except (JaxfaceError, OSError, ValueError) as e:
                 failures[item.name] = f"{type(e).__name__}: {e}"
                 msg = str(e) if item.name in str(e) else f"{item.name}: {e}"
                 tqdm.write(f"jaxface fit: {msg}", file=sys.stderr)
+        if sequence:
+            n_done, n_skipped = _fit_video(src, out, model, sequence, args, failures)
     finally:
         bar.close()
         tmp = out / "failures.json.tmp"
@@ -255,6 +254,74 @@ def run(args: argparse.Namespace) -> int:
     print(f"jaxface fit: {n_done} fitted, {n_skipped} skipped (already done), "
           f"{len(failures)} failed in {dt:.1f} s; results in {out}", file=sys.stderr)
     return 0 if (n_done + n_skipped) > 0 else 1
+
+
+def _observe(item: _Item, image: np.ndarray, lm_source, detector, n_lm: int,
+             args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(landmarks (L, 2), confidences or None, where they came from) for one picture."""
+    from jaxface.detect import NoFaceError
+
+    h, w = image.shape[:2]
+    if lm_source is not None:
+        pts, conf = lm_source(item.stem), None
+        how = f"file:{args.landmarks}"
+    else:
+        found = detector(image, source=item.name)
+        if not found:
+            raise NoFaceError(item.name, detector.name)
+        pts, conf = found[0].landmarks, found[0].confidence
+        how = f"detector:{detector.name}"
+    return check_landmarks(pts, (h, w), n_lm, item.name), conf, how
+
+
+def _extra(item: _Item, how: str, pts: np.ndarray) -> dict:
+    extra = {"input": item.name, "landmarks_source": how,
+             "observed_landmarks": [[None if not np.isfinite(v) else round(float(v), 4)
+                                     for v in p] for p in pts]}
+    if item.index is not None:
+        extra["frame"] = item.index
+    return extra
+
+
+def _fit_video(src: Path, out: Path, model, sequence: list, args: argparse.Namespace,
+               failures: dict[str, str]) -> tuple[int, int]:
+    """Fit the frames that had landmarks jointly, then re-read the video to write outputs.
+
+    Returns (frames written, frames skipped by --resume)."""
+    import jax
+
+    from jaxface.cli._common import write_fit_outputs
+    from jaxface.fit import fit_landmarks_sequence
+
+    sizes = {s[1] for s in sequence}
+    if len(sizes) != 1:
+        raise ValueError(f"video frames change size: {sorted(sizes)}")
+    (h, w), = sizes
+    lms = np.stack([s[2] for s in sequence]).astype(np.float32)
+    conf = np.stack([np.ones(lms.shape[1], np.float32) if s[3] is None else s[3]
+                     for s in sequence])
+    print(f"jaxface fit: fitting {len(sequence)} frames jointly (shared identity, smoothness "
+          f"{args.smoothness})", file=sys.stderr)
+    results = fit_landmarks_sequence(model, lms, (h, w), weights=conf,
+                                     smoothness=args.smoothness)
+    row = {s[0]: i for i, s in enumerate(sequence)}
+    done = skipped = 0
+    for item in _video_items(src):
+        i = row.get(item.index)
+        if i is None:
+            continue
+        target = out / item.stem
+        if args.resume and (target / "result.json").is_file():
+            skipped += 1
+            continue
+        try:
+            result = jax.tree_util.tree_map(lambda x, i=i: x[i], results)
+            write_fit_outputs(target, item.pixels(), model, result, observed=lms[i],
+                              extra=_extra(item, sequence[i][4], lms[i]))
+            done += 1
+        except (JaxfaceError, OSError, ValueError) as e:
+            failures[item.name] = f"{type(e).__name__}: {e}"
+    return done, skipped
 
 
 def _load_model(spec: str):

@@ -170,3 +170,24 @@ def test_missing_model_file_is_a_one_line_error(tmp_path, capsys):
     assert main(["fit", str(img), "--model", str(tmp_path / "m.npz"), "--out",
                  str(tmp_path / "o")]) == 1
     assert "m.npz" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_video_is_fitted_jointly(data_dir, tmp_path):
+    """A clip of a photo panning sideways: one identity, frames in order, steady motion."""
+    import os
+
+    n = 3 if os.environ.get("JAXFACE_SLOW") == "reduced" else 6
+    img = iio.imread(data_dir / "aflw2000-3d-subset/image00050.jpg")[:448, :448]
+    frames = np.stack([np.roll(img, 4 * i, axis=1) for i in range(n)])
+    clip = tmp_path / "clip.mp4"
+    iio.imwrite(clip, frames, plugin="pyav", codec="libx264", fps=10)
+    out = tmp_path / "out"
+    assert main(["fit", str(clip), "--video", "--out", str(out)]) == 0
+    res = [_load(out, f"clip_{i:06d}") for i in range(n)]
+    assert [r["frame"] for r in res] == list(range(n))
+    assert all(r["identity"] == res[0]["identity"] for r in res)
+    tx = np.array([r["translation"][0] for r in res])
+    # the picture moves right by 4 px per frame: the face must move right, steadily
+    assert np.all(np.diff(tx) > 0)
+    assert np.ptp(np.diff(tx)) < 0.5 * np.mean(np.diff(tx))
