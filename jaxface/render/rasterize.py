@@ -122,7 +122,9 @@ def _triangle_table(v: jax.Array, tri: jax.Array, w: jax.Array | None, cull: boo
         wt = w[tri]
         q = 1.0 / jnp.where(wt == 0, 1.0, wt)
     area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0])
-    finite = jnp.all(jnp.isfinite(p), axis=(1, 2)) & jnp.all(jnp.isfinite(q), axis=1)
+    finite = jnp.all(jnp.isfinite(p), axis=(1, 2))
+    if w is not None:  # (q is a constant without w: no need to check, nor to constant-fold)
+        finite = finite & jnp.all(jnp.isfinite(q), axis=1)
     ok = finite & (area != 0)
     if cull:
         ok = ok & (area < 0)

@@ -79,8 +79,9 @@ def test_perspective_barycentrics_are_correct():
     assert m.sum() > 50
     jj, ii = np.meshgrid(np.arange(32) + 0.5, np.arange(32) + 0.5)
     # the point must lie on the pixel's ray: x/z = (u - cx)/fx
-    np.testing.assert_allclose((p[..., 0] / p[..., 2])[m], ((jj - cx) / fx)[m], atol=1e-4)
-    np.testing.assert_allclose((p[..., 1] / p[..., 2])[m], ((ii - cy) / fx)[m], atol=1e-4)
+    z = np.where(m, p[..., 2], 1.0)
+    np.testing.assert_allclose((p[..., 0] / z)[m], ((jj - cx) / fx)[m], atol=1e-4)
+    np.testing.assert_allclose((p[..., 1] / z)[m], ((ii - cy) / fx)[m], atol=1e-4)
     np.testing.assert_allclose(np.asarray(fr.depth)[m], p[..., 2][m], rtol=1e-5)
 
 

@@ -63,7 +63,7 @@ def test_nearest_first_matches_hard_ids_and_reports_overflow():
     cov = np.asarray(sf5.triangle_id[..., 0]) >= 0
     assert cov.sum() > 100
     np.testing.assert_array_equal(np.asarray(sf5.overflow)[cov], 3)
-    np.testing.assert_array_equal(np.asarray(sf5.triangle_id)[cov], np.array([0, 1]))
+    assert (np.asarray(sf5.triangle_id)[cov] == np.array([0, 1])).all()
 
 
 def test_gradients_match_finite_differences_and_reach_outside_pixels():
@@ -72,24 +72,22 @@ def test_gradients_match_finite_differences_and_reach_outside_pixels():
         w = jnp.cos(jnp.arange(32 * 32 * 4)).reshape(32, 32, 4)
 
         @jax.jit
-        def loss(v):
+        def loss(v, w):
             im, _ = soft_image(v, 0.5, 0.05)
             return jnp.sum(im * w)
 
-        g = jax.grad(loss)(v)
+        grad = jax.jit(jax.grad(loss))
+        g = grad(v, w)
         eps = 1e-5
         for idx in [(0, 0), (1, 1), (3, 0), (4, 1), (2, 1)]:
             dv = jnp.zeros_like(v).at[idx].set(eps)
-            fd = (loss(v + dv) - loss(v - dv)) / (2 * eps)
+            fd = (loss(v + dv, w) - loss(v - dv, w)) / (2 * eps)
             np.testing.assert_allclose(g[idx], fd, rtol=1e-5, atol=1e-7)
 
-        # a pixel outside the silhouette (1.5 px left of vertex 0) still pulls vertex 0
-        def outside(v):
-            im, _ = soft_image(v, 1.0, 0.05)
-            return im[4, 2, 3]
-
+        # a pixel outside the silhouette (1.5 px left of vertex 0) still pulls vertex 0:
+        # the gradient of its alpha w.r.t. vertex 0's x
         assert np.asarray(rasterize(v, F, (32, 32)).triangle_id)[4, 2] == -1
-        go = jax.grad(outside)(v)
+        go = grad(v, jnp.zeros_like(w).at[4, 2, 3].set(1.0))
         assert float(go[0, 0]) < 0  # moving vertex 0 left increases the coverage there
         assert np.isfinite(np.asarray(go)).all()
 
