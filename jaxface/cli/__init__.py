@@ -12,6 +12,8 @@ SUBCOMMANDS = {
     "demo": ("jaxface.cli.demo", "fit the default model to a photo and write the results"),
     "fit": ("jaxface.cli.fit", "fit a face model to images, a folder or a video"),
     "models": ("jaxface.cli.models", "inspect, convert and cache morphable models"),
+    "edit": ("jaxface.cli.edit", "texture, frontalise, relight or change the expression of a "
+                                 "fitted photo"),
     "bench": ("jaxface.cli.bench", "run the benchmark suite and print a table"),
 }
 
