@@ -103,3 +103,37 @@ def write_fit_outputs(out_dir: str | os.PathLike, image: np.ndarray, model, resu
     tmp.write_text(json.dumps(payload, indent=1))
     os.replace(tmp, out / "result.json")
     return payload
+
+
+def photometric_extra(model, result, image_size: tuple[int, int]) -> dict[str, Any]:
+    """The ``result.json`` keys a photometric fit adds: ``albedo``, ``sh``,
+    ``photometric_error`` at the top level and the whole photometric fit under
+    ``photometric`` (``jaxface.fit.photometric_result_to_json``)."""
+    from jaxface.fit import photometric_result_to_json
+
+    ph = photometric_result_to_json(model, result, image_size)
+    return {"albedo": ph["albedo"], "sh": ph["sh"], "photometric_error": ph["photometric_error"],
+            "photometric": ph}
+
+
+def write_photometric_png(out_dir: str | os.PathLike, image: np.ndarray, model, result,
+                          name: str = "photometric.png") -> Path:
+    """Render the photometric fit (fitted region, albedo and SH light) over the photo."""
+    import imageio.v3 as iio
+
+    from jaxface.fit.photometric import face_submodel
+    from jaxface.viz import composite, shaded_render
+
+    sub, ids = face_submodel(model)
+    h, w = image.shape[:2]
+    from jaxface.fit import model_vertices_camera
+
+    verts = np.asarray(model_vertices_camera(model, result))[ids]
+    rgb, mask = shaded_render(verts, sub.triangles, result.camera, (h, w), sh=result.sh,
+                              albedo=np.asarray(result.albedo)[ids])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (name + ".tmp.png")
+    iio.imwrite(tmp, composite(image, np.clip(rgb, 0.0, 1.0), mask, alpha=1.0))
+    os.replace(tmp, out / name)
+    return out / name

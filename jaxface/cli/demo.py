@@ -4,7 +4,12 @@ With no arguments it uses NASA's public-domain astronaut portrait that ships ins
 scikit-image (``skimage.data.astronaut()``, no download); ``--image PATH`` takes your own photo.
 Outputs in ``--out`` (default ``./jaxface-demo/``): ``input.png``, ``landmarks.png`` (detected
 landmarks), ``overlay.png`` (the fitted face rendered over the photo, detected landmarks in green
-and the fit's in red), ``mesh.obj`` (camera frame, mm) and ``result.json``.
+and the fit's in red), ``photometric.png`` (the photometric fit: shape, pose, albedo and SH
+light rendered over the photo), ``mesh.obj`` (camera frame, mm), ``result.json`` (the
+landmark fit, plus ``albedo``, ``sh``, ``photometric_error`` and the whole photometric fit
+under ``photometric``), and the edits of the photometric fit: ``texture.png`` (UV texture from
+the photo) with ``texture_visibility.png``, ``textured.obj/.mtl/.glb``, ``frontal.png``
+(frontalised) and ``relit.png`` (relit from the side).
 """
 
 from __future__ import annotations
@@ -45,9 +50,9 @@ def load_image(path: str | None) -> tuple[np.ndarray, str]:
 def run(args: argparse.Namespace) -> int:
     import imageio.v3 as iio
 
-    from jaxface.cli._common import write_fit_outputs
+    from jaxface.cli._common import photometric_extra, write_fit_outputs, write_photometric_png
     from jaxface.detect import detect_landmarks
-    from jaxface.fit import fit_landmarks, result_to_json
+    from jaxface.fit import fit_landmarks, fit_photometric, result_to_json
     from jaxface.models import load_default
     from jaxface.viz import draw_points, to_uint8
 
@@ -76,6 +81,17 @@ def run(args: argparse.Namespace) -> int:
     say(f"landmark fit: RMSE {payload['landmark_rmse_px']:.2f} px after "
         f"{payload['iterations']} iterations")
 
-    write_fit_outputs(out, image, model, result, observed=det.landmarks)
+    say("photometric fit: light, albedo, shape and pose (compiling on first use) ...")
+    photo = fit_photometric(model, image, init=result, landmarks=det.landmarks,
+                            landmark_weights=det.confidence)
+    extra = photometric_extra(model, photo, (h, w))
+    say(f"photometric fit: RMS colour error {extra['photometric_error']:.4f}, landmark RMSE "
+        f"{extra['photometric']['landmark_rmse_px']:.2f} px")
+    write_photometric_png(out, image, model, photo)
+    write_fit_outputs(out, image, model, result, observed=det.landmarks, extra=extra)
+    say("texture, frontalisation and relighting (compiling on first use) ...")
+    from jaxface.edit import demo_edits
+
+    demo_edits(out, model, image, photo.fit_result())
     say(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out.resolve()}")
     return 0

@@ -16,6 +16,9 @@ frames) it writes ``DIR/<stem>/result.json`` (``jaxface.fit.result_to_json``: ``
 ``identity``, ``expression``, ``landmark_rmse_px``, ... plus ``input``, ``landmarks_source``
 and ``observed_landmarks``), ``DIR/<stem>/mesh.obj`` (camera frame, mm) and
 ``DIR/<stem>/overlay.png`` (the fit over the photo; input landmarks green, fitted red).
+With ``--photometric`` each landmark fit is refined by ``jaxface.fit.fit_photometric``:
+``result.json`` gains ``albedo``, ``sh`` (9 x 3), ``photometric_error`` and ``photometric``
+(the whole photometric fit) and ``DIR/<stem>/photometric.png`` shows it over the photo.
 ``result.json`` is written last, so ``--resume`` skips exactly the images it finished.
 
 Landmarks: ``--landmarks FILE.pts`` (a single image) or ``--landmarks DIR`` holding
@@ -62,6 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoothness", type=float, default=1.0,
                    help="with --video: weight of the temporal smoothness term (0: none)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--photometric", action="store_true",
+                   help="refine the landmark fit photometrically (shape, pose, albedo, SH light): "
+                        "adds albedo, sh, photometric_error to result.json and writes "
+                        "photometric.png")
     p.add_argument("--resume", action="store_true",
                    help="skip images whose DIR/<stem>/result.json already exists")
 
@@ -236,8 +243,10 @@ def run(args: argparse.Namespace) -> int:
                     sequence.append((item.index, (h, w), pts, conf, how))
                     continue
                 result = fit_landmarks(model, pts, (h, w), weights=conf)
-                write_fit_outputs(target, image, model, result, observed=pts,
-                                  extra=_extra(item, how, pts))
+                extra = _extra(item, how, pts)
+                if args.photometric:
+                    extra.update(_photometric(target, image, model, result, pts, conf))
+                write_fit_outputs(target, image, model, result, observed=pts, extra=extra)
                 n_done += 1
             except (JaxfaceError, OSError, ValueError) as e:
                 failures[item.name] = f"{type(e).__name__}: {e}"
@@ -272,6 +281,18 @@ def _observe(item: _Item, image: np.ndarray, lm_source, detector, n_lm: int,
         pts, conf = found[0].landmarks, found[0].confidence
         how = f"detector:{detector.name}"
     return check_landmarks(pts, (h, w), n_lm, item.name), conf, how
+
+
+def _photometric(target: Path, image: np.ndarray, model, result, pts: np.ndarray,
+                 conf: np.ndarray | None) -> dict:
+    """``--photometric``: refine ``result``, write ``photometric.png``; the result.json keys."""
+    from jaxface.cli._common import photometric_extra, write_photometric_png
+    from jaxface.fit import fit_photometric
+
+    h, w = image.shape[:2]
+    photo = fit_photometric(model, image, init=result, landmarks=pts, landmark_weights=conf)
+    write_photometric_png(target, image, model, photo)
+    return photometric_extra(model, photo, (h, w))
 
 
 def _extra(item: _Item, how: str, pts: np.ndarray) -> dict:
@@ -316,8 +337,11 @@ def _fit_video(src: Path, out: Path, model, sequence: list, args: argparse.Names
             continue
         try:
             result = jax.tree_util.tree_map(lambda x, i=i: x[i], results)
-            write_fit_outputs(target, item.pixels(), model, result, observed=lms[i],
-                              extra=_extra(item, sequence[i][4], lms[i]))
+            image = item.pixels()
+            extra = _extra(item, sequence[i][4], lms[i])
+            if args.photometric:
+                extra.update(_photometric(target, image, model, result, lms[i], conf[i]))
+            write_fit_outputs(target, image, model, result, observed=lms[i], extra=extra)
             done += 1
         except (JaxfaceError, OSError, ValueError) as e:
             failures[item.name] = f"{type(e).__name__}: {e}"

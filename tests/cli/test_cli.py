@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from jaxface.cli import SUBCOMMANDS, build_parser, main
@@ -68,6 +69,10 @@ def test_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out)]) == 0
     names = {p.name for p in out.iterdir()}
-    assert {"input.png", "landmarks.png", "overlay.png", "mesh.obj", "result.json"} <= names
+    assert {"input.png", "landmarks.png", "overlay.png", "mesh.obj", "result.json",
+            "photometric.png", "texture.png", "textured.obj", "textured.glb", "frontal.png",
+            "relit.png"} <= names
     res = json.loads((out / "result.json").read_text())
     assert len(res["landmarks2d"]) == 68 and res["landmark_rmse_px"] < 10.0
+    assert np.asarray(res["sh"]).shape == (9, 3)
+    assert 0.0 < res["photometric_error"] < 0.2

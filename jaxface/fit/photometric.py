@@ -1,0 +1,517 @@
+"""Photometric analysis-by-synthesis fitting (survey §3.1, eq 4).
+
+Starting from a landmark fit, recover shape, expression, pose, albedo and SH illumination by
+making the rendered face match the photo through the differentiable renderer:
+
+    E = lambda_I   E_I                                    (photo consistency, robust)
+      + lambda_lmk E_lmk                                  (detected landmarks, as fit_landmarks)
+      + lambda_id |alpha|^2 + lambda_exp |beta|^2 + lambda_alb |c / sigma_c|^2   (E_reg)
+
+* ``E_I = sum_p rho(|I_render(p) - I(p)|^2) / N_0``, Geman-McClure
+  ``rho(e) = e / (e + s^2)`` with ``s = robust_scale`` (colour units): hair, glasses, beards
+  and specularities stop pulling once their residual is well above ``s``. The render covers
+  only the model's ``region`` (default ``"narrow_face"``: the front of the face; no scalp, ears,
+  eyeballs, mouth interior or neck) and is composited over the photo itself, so pixels outside
+  the face have zero residual and silhouette pixels (``mode="antialias"``) give edge gradients.
+  ``N_0 = size^2 / 2`` (the crop is fitted to the face, so about the face's pixel count), a
+  constant. Coarser pyramid levels add the same term on 2^l-pooled images.
+* ``E_lmk = sum_i w_i |pi(R S_i + t) - y_i|^2 / sigma^2 / sum_i w_i``, ``sigma`` the landmark
+  noise of :func:`jaxface.fit.landmarks.fit_landmarks` (contour landmarks keep the vertices the
+  landmark fit matched them to).
+* ``alpha``: standardized identity; ``beta``: expression (blendshape weights, box [0, 1]);
+  ``c``: albedo coefficients of :func:`jaxface.fit.albedo.albedo_model`.
+
+Stages, all inside one compiled function (``lax.scan`` loops; ``jax.vmap`` batches images of
+one size):
+
+1. Crop: a square box around the init fit's projected face (``crop_margin`` x its extent),
+   resampled (area-antialiased bilinear) to the working size; the camera intrinsics follow
+   the crop and scale.
+2. Stage A: SH lighting (9 x 3) and albedo coefficients by alternating weighted linear least
+   squares given the init geometry over the visible face pixels (``linear_rounds`` rounds,
+   Geman-McClure IRLS weights).
+3. Stage B: Adam (optax) on pose (rotation increment as axis-angle, translation), identity,
+   expression, albedo coefficients and SH, coarse to fine: ``E_I`` is summed over an image
+   pyramid (render and photo average-pooled 2x, 4x, ...) whose coarse levels' weight fades to 0
+   over the steps. The render itself happens once per step at the working size, so the
+   whole loop compiles one differentiable render.
+
+The focal length stays that of the init fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxface._pytree import pytree_dataclass, static_field
+from jaxface.camera import PerspectiveCamera, project
+from jaxface.fit.albedo import AlbedoModel, albedo_model, albedo_vertices
+from jaxface.fit.landmarks import FitResult, _landmark_basis, _landmark_noise
+from jaxface.geometry import axis_angle_to_matrix
+from jaxface.models.morphable import MorphableModel, restrict, vertices
+from jaxface.render.antialias import edge_neighbors
+from jaxface.render.pipeline import render_mesh
+from jaxface.render.shading import fit_sh_lstsq, sh_ambient, sh_shading
+
+Array = jax.Array
+
+__all__ = [
+    "PhotometricConfig",
+    "PhotometricResult",
+    "face_submodel",
+    "fit_photometric",
+    "photometric_result_to_json",
+]
+
+
+@pytree_dataclass
+class PhotometricConfig:
+    """Settings of :func:`fit_photometric`.
+
+    Static (changing one recompiles): ``size`` (working resolution of the square face crop, in
+    pixels), ``pyramid`` (levels of the residual pyramid: 2^l average-pooled copies of render
+    and photo, whose weight fades from 1 to 0 over the steps: coarse to fine), ``steps`` (Adam
+    steps), ``mode`` (``"antialias"`` or ``"hard"``),
+    ``region`` (model region rendered, None for the whole model), ``n_harmonics``,
+    ``n_identity``, ``linear_rounds``. The weights are pytree leaves (no recompilation).
+    """
+
+    size: int = static_field(default=128)
+    pyramid: int = static_field(default=3)
+    steps: int = static_field(default=100)
+    mode: str = static_field(default="antialias")
+    region: str | None = static_field(default="narrow_face")
+    n_harmonics: int = static_field(default=16)
+    n_identity: int | None = static_field(default=None)
+    linear_rounds: int = static_field(default=3)
+    learning_rate: Any = 0.05
+    crop_margin: Any = 1.15
+    robust_scale: Any = 0.15
+    lambda_photo: Any = 1.0
+    lambda_landmarks: Any = 0.05
+    lambda_identity: Any = 2e-4
+    lambda_expression: Any = 2e-4
+    lambda_albedo: Any = 2e-4
+    sh_regularization: Any = 1e-3
+
+
+@pytree_dataclass
+class PhotometricResult:
+    """Result of :func:`fit_photometric` (a pytree; batched results have a leading axis).
+
+    The first eleven fields are those of :class:`~jaxface.fit.FitResult` (so
+    :func:`~jaxface.fit.result_to_json` and :func:`~jaxface.fit.model_vertices_camera` accept it)
+    for the photometric solution; ``cost`` is the final photometric energy and ``iterations`` the
+    Adam steps taken.
+
+    Extra attributes:
+      albedo_coefficients: (K,) coefficients of the albedo model.
+      albedo: (V, 3) per-vertex albedo of the whole model (outside the fitted region: the
+        albedo model's mean colour).
+      sh: (9, 3) SH light in the camera frame.
+      photometric_error: () RMS colour error (per channel) over the rendered face pixels of
+        the working-size crop, at the last step.
+      energies: (S,) total energy per Adam step.
+      crop: (3,) ``(x0, y0, size)`` of the square crop in image pixels.
+    """
+
+    identity: Any
+    expression: Any
+    rotation: Any
+    translation: Any
+    camera: Any
+    landmarks2d: Any
+    residuals: Any
+    landmark_vertex_ids: Any
+    cost: Any
+    iterations: Any
+    converged: Any
+    albedo_coefficients: Any
+    albedo: Any
+    sh: Any
+    photometric_error: Any
+    energies: Any
+    crop: Any
+
+    @property
+    def rmse_px(self) -> Array:
+        return jnp.sqrt(jnp.nanmean(jnp.square(self.residuals), axis=-1))
+
+    def fit_result(self) -> FitResult:
+        """The geometric part as a :class:`FitResult`."""
+        return FitResult(**{f.name: getattr(self, f.name)
+                            for f in dataclasses.fields(FitResult)})
+
+
+_SUBMODELS: dict[tuple[int, str | None], tuple[Any, MorphableModel, np.ndarray]] = {}
+
+
+def face_submodel(model: MorphableModel, region: str | None = "narrow_face"
+                  ) -> tuple[MorphableModel, np.ndarray]:
+    """The sub-model rendered by the photometric fit and its vertex ids in ``model`` (cached).
+
+    ``region`` None, or a model without that region, gives the whole model.
+    """
+    key = (id(model), region)
+    hit = _SUBMODELS.get(key)
+    if hit is not None and hit[0] is model:
+        return hit[1], hit[2]
+    if region is None or region not in model.regions:
+        sub, ids = model, np.arange(model.n_vertices)
+    else:
+        mask = np.asarray(model.regions[region], bool)
+        if mask.sum() < 3:
+            raise ValueError(f"region {region!r} of model {model.name!r} has too few vertices")
+        import warnings
+
+        with warnings.catch_warnings():  # landmark sets off the region are not needed here
+            warnings.simplefilter("ignore")
+            sub = restrict(model, mask)
+        ids = np.nonzero(mask)[0]
+    if len(_SUBMODELS) > 8:
+        _SUBMODELS.clear()
+    _SUBMODELS[key] = (model, sub, ids)
+    return sub, ids
+
+
+def fit_photometric(model: MorphableModel, image: Any, init: FitResult, landmarks: Any = None,
+                    *, landmark_weights: Any = None, config: PhotometricConfig | None = None,
+                    albedo: AlbedoModel | None = None, landmark_set: str = "ibug68",
+                    **overrides: Any) -> PhotometricResult:
+    """Photometric fit of identity, expression, pose, albedo and SH light to one photo.
+
+    Args:
+      model: the morphable model (host arrays).
+      image: (H, W, 3) photo, float in [0, 1]. Batch with ``jax.vmap`` over ``image``,
+        ``init`` and ``landmarks``.
+      init: the landmark fit (:func:`jaxface.fit.fit_landmarks`) the fit starts from; its camera
+        is kept.
+      landmarks: (L, 2) detected landmarks in pixels (NaN rows missing) for ``E_lmk``, or None.
+      landmark_weights: (L,) confidences (default 1).
+      config: PhotometricConfig; keyword ``overrides`` replace its fields.
+      albedo: an AlbedoModel over the rendered region's vertices (default
+        :func:`jaxface.fit.albedo.albedo_model` of that region).
+      landmark_set: the model's landmark set ``landmarks`` follow.
+
+    Returns:
+      PhotometricResult.
+    """
+    cfg = config or PhotometricConfig()
+    if overrides:
+        cfg = dataclasses.replace(cfg, **overrides)
+    if cfg.mode not in ("hard", "antialias"):
+        raise ValueError(f"mode must be 'hard' or 'antialias', got {cfg.mode!r}")
+    if int(cfg.size) < 16 or int(cfg.steps) < 2 or int(cfg.pyramid) < 1:
+        raise ValueError(f"need size >= 16 px, steps >= 2 and pyramid >= 1, got size={cfg.size}, "
+                         f"steps={cfg.steps}, pyramid={cfg.pyramid}")
+    if cfg.size % (2 ** (cfg.pyramid - 1)):
+        raise ValueError(f"size {cfg.size} must be divisible by 2^(pyramid - 1) = "
+                         f"{2 ** (cfg.pyramid - 1)}")
+    image = jnp.asarray(image, jnp.float32)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must have shape (H, W, 3), got {tuple(image.shape)}")
+    if min(image.shape[:2]) < 16:
+        raise ValueError(f"image of {image.shape[1]}x{image.shape[0]} pixels is too small for a "
+                         "photometric fit (at least 16 px a side)")
+    if landmark_set not in model.landmarks:
+        raise ValueError(f"model {model.name!r} has no landmark set {landmark_set!r}")
+    n_lm = len(model.landmarks[landmark_set])
+    if landmarks is None:
+        observed = jnp.zeros((n_lm, 2), jnp.float32)
+        weights = jnp.zeros((n_lm,), jnp.float32)
+    else:
+        observed = jnp.asarray(landmarks, jnp.float32)
+        if observed.shape != (n_lm, 2):
+            raise ValueError(f"landmarks must have shape ({n_lm}, 2), got {observed.shape}")
+        weights = (jnp.ones((n_lm,), jnp.float32) if landmark_weights is None
+                   else jnp.asarray(landmark_weights, jnp.float32).reshape(n_lm))
+    weights = weights * jnp.asarray(model.landmarks[landmark_set].valid_mask(), jnp.float32)
+    sub, ids = face_submodel(model, cfg.region)
+    am = albedo_model(sub, cfg.n_harmonics) if albedo is None else albedo
+    if am.n_vertices != sub.n_vertices:
+        raise ValueError(f"albedo model has {am.n_vertices} vertices, the fitted region "
+                         f"{sub.n_vertices}")
+    nbr = jnp.asarray(_neighbors(sub))
+    lm = model.landmarks[landmark_set]
+    # contour landmarks keep the vertex the landmark fit matched them to
+    vid = jnp.asarray(init.landmark_vertex_ids, jnp.int32)
+    base_ids, base_w = jnp.asarray(lm.indices), jnp.asarray(lm.weights, jnp.float32)
+    lm_ids = jnp.where(vid[:, None] >= 0, vid[:, None], base_ids)
+    lm_w = jnp.where(vid[:, None] >= 0, jnp.array([1.0, 0.0, 0.0]), base_w)
+    n_id = model.n_identity if cfg.n_identity is None else min(cfg.n_identity, model.n_identity)
+    lin = _landmark_basis(model, n_id, lm_ids, lm_w)
+    res = _fit(sub, am, nbr, lin, image, init, observed, weights, cfg)
+    # scatter the region's albedo into the whole model
+    full_alb = jnp.broadcast_to(jnp.mean(jnp.asarray(am.mean, jnp.float32), 0),
+                                (model.n_vertices, 3))
+    full_alb = full_alb.at[jnp.asarray(ids)].set(res.albedo)
+    ident = jnp.zeros((model.n_identity,), jnp.float32).at[:n_id].set(res.identity[:n_id])
+    return dataclasses.replace(res, albedo=full_alb, identity=ident)
+
+
+_NEIGHBORS: dict[int, tuple[Any, np.ndarray]] = {}
+
+
+def _neighbors(sub: MorphableModel) -> np.ndarray:
+    hit = _NEIGHBORS.get(id(sub))
+    if hit is None or hit[0] is not sub:
+        _NEIGHBORS.clear()
+        hit = (sub, edge_neighbors(np.asarray(sub.triangles)))
+        _NEIGHBORS[id(sub)] = hit
+    return hit[1]
+
+
+def _geman_mcclure(e2: Array, s: Array) -> Array:
+    return e2 / (e2 + s * s)
+
+
+def _crop_box(sub: MorphableModel, init: FitResult, image_size: tuple[int, int],
+              margin: Array) -> Array:
+    """(x0, y0, size): a square around the init fit's projected region."""
+    verts = vertices(sub, init.identity[: sub.n_identity],
+                     init.expression if sub.n_expression else None)
+    uv = project(init.camera, verts @ init.rotation.T + init.translation)
+    lo, hi = jnp.min(uv, 0), jnp.max(uv, 0)
+    centre = 0.5 * (lo + hi)
+    size = jnp.maximum(jnp.max(hi - lo) * margin, 8.0)
+    return jnp.stack([centre[0] - size / 2, centre[1] - size / 2, size])
+
+
+def _level_view(image: Array, camera: PerspectiveCamera, box: Array, size: int
+                ) -> tuple[Array, PerspectiveCamera]:
+    """The crop resampled to ``size`` x ``size`` and the camera of that view."""
+    s = size / box[2]
+    img = jax.image.scale_and_translate(image, (size, size, 3), (0, 1), jnp.stack([s, s]),
+                                        jnp.stack([-box[1] * s, -box[0] * s]),
+                                        method="linear", antialias=True)
+    cam = PerspectiveCamera(fx=camera.fx * s, fy=camera.fy * s, cx=(camera.cx - box[0]) * s,
+                            cy=(camera.cy - box[1]) * s)
+    return jnp.clip(img, 0.0, 1.0), cam
+
+
+def _pixel_attr(attr: Array, tid: Array, bary: Array, tri: Array) -> Array:
+    """Interpolate (V, C) vertex attributes at the pixels of a hard rasterisation."""
+    covered = tid >= 0
+    rows = attr[tri[jnp.where(covered, tid, 0)]]  # (H, W, 3, C)
+    out = jnp.einsum("hwk,hwkc->hwc", bary, rows)
+    return jnp.where(covered[..., None], out, 0.0)
+
+
+def _pyramid(image: Array, levels: int) -> list[Array]:
+    """[image, 2x average-pooled, 4x, ...] (``levels`` entries; sizes must divide)."""
+    out = [image]
+    for _ in range(levels - 1):
+        x = out[-1]
+        h, w, c = x.shape
+        out.append(x[: h // 2 * 2, : w // 2 * 2].reshape(h // 2, 2, w // 2, 2, c).mean((1, 3)))
+    return out
+
+
+def _linear_stage(sub: MorphableModel, am: AlbedoModel, verts_cam: Array,
+                  cam: PerspectiveCamera, target: Array, size: int, cfg: PhotometricConfig
+                  ) -> tuple[Array, Array]:
+    """Stage A: alternate SH and albedo-coefficient least squares. Returns (sh, coeffs)."""
+    tri = jnp.asarray(sub.triangles, jnp.int32)
+    out = render_mesh(verts_cam, tri, cam, (size, size), mode="hard")
+    covered = (out.triangle_id >= 0).astype(jnp.float32)
+    k = am.n_coefficients
+    mean_px = _pixel_attr(jnp.asarray(am.mean, jnp.float32), out.triangle_id, out.barycentric,
+                          tri)
+    basis_vc = jnp.transpose(jnp.asarray(am.basis, jnp.float32), (1, 0, 2)).reshape(-1, k * 3)
+    basis_px = _pixel_attr(basis_vc, out.triangle_id, out.barycentric, tri).reshape(
+        size, size, k, 3)
+    normals = out.normals
+    s = cfg.robust_scale
+    inv_var = 1.0 / jnp.square(jnp.asarray(am.std, jnp.float32))
+
+    def round_(carry, _):
+        coeffs, w = carry
+        alb_px = mean_px + jnp.einsum("hwkc,k->hwc", basis_px, coeffs)
+        sh = fit_sh_lstsq(alb_px, normals, target, weights=w * covered,
+                          regularization=cfg.sh_regularization)
+        shade = sh_shading(normals, sh)  # (H, W, 3)
+        a = (basis_px * shade[:, :, None, :]).transpose(0, 1, 3, 2).reshape(-1, k)
+        b = (target - mean_px * shade).reshape(-1)
+        pw = jnp.repeat((w * covered).reshape(-1), 3)
+        n_eff = jnp.maximum(jnp.sum(covered), 1.0)
+        lhs = (a.T * pw) @ a / n_eff + cfg.lambda_albedo * jnp.diag(inv_var) / 3.0
+        rhs = (a.T * pw) @ b / n_eff
+        coeffs = jnp.linalg.solve(lhs, rhs)
+        alb_px = mean_px + jnp.einsum("hwkc,k->hwc", basis_px, coeffs)
+        e2 = jnp.sum(jnp.square(alb_px * shade - target), -1)
+        w = jnp.square(s * s / (e2 + s * s))  # Geman-McClure IRLS weights
+        return (coeffs, w), None
+
+    init = (jnp.zeros((k,), jnp.float32), jnp.ones((size, size), jnp.float32))
+    (coeffs, w), _ = jax.lax.scan(round_, init, None, length=cfg.linear_rounds)
+    alb_px = mean_px + jnp.einsum("hwkc,k->hwc", basis_px, coeffs)
+    sh = fit_sh_lstsq(alb_px, normals, target, weights=w * covered,
+                      regularization=cfg.sh_regularization)
+    return sh, coeffs
+
+
+@jax.jit
+def _fit(sub: MorphableModel, am: AlbedoModel, nbr: Array, lin: tuple[Array, Array],
+         image: Array, init: FitResult, observed: Array, weights: Array,
+         cfg: PhotometricConfig) -> PhotometricResult:
+    h, w = image.shape[:2]
+    n_id = lin[1].shape[-1] - sub.n_expression
+    n_ex = sub.n_expression
+    blend = sub.expression_kind == "blendshape"
+    tri = jnp.asarray(sub.triangles, jnp.int32)
+    id_std = jnp.asarray(sub.identity_std[:n_id], jnp.float32)
+    ex_scale = (jnp.ones((n_ex,), jnp.float32) if blend or n_ex == 0
+                else jnp.asarray(sub.expression_std, jnp.float32))
+    alb_std = jnp.asarray(am.std, jnp.float32)
+    cam0 = init.camera
+
+    present = jnp.all(jnp.isfinite(observed), axis=-1)
+    lw = jnp.where(present, weights, 0.0)
+    obs = jnp.where(present[:, None], observed, 0.0)
+    sigma = _landmark_noise(obs, present & (lw > 0))
+    lw_sum = jnp.maximum(jnp.sum(lw), 1e-6)
+
+    box = _crop_box(sub, init, (h, w), cfg.crop_margin)
+    rot0 = jnp.asarray(init.rotation, jnp.float32)
+    t0 = jnp.asarray(init.translation, jnp.float32)
+    alpha0 = jnp.asarray(init.identity[:n_id], jnp.float32) / id_std
+    beta0 = (jnp.asarray(init.expression, jnp.float32) / ex_scale if n_ex
+             else jnp.zeros((0,), jnp.float32))
+
+    # optimisation variables, preconditioned: value = z * scale
+    scales = {"rot": jnp.full((3,), 0.05), "trans": jnp.full((3,), 5.0),
+              "alpha": jnp.ones((n_id,)), "beta": jnp.full((n_ex,), 0.5),
+              "albedo": alb_std, "sh": jnp.full((9, 3), 0.2)}
+
+    def unpack(z):
+        return {k: z[k] * scales[k] for k in z}
+
+    def geometry(p):
+        rot = axis_angle_to_matrix(p["rot"]) @ rot0
+        trans = t0 + p["trans"]
+        ident = p["alpha"] * id_std
+        expr = (p["beta"] * ex_scale) if n_ex else None
+        return rot, trans, ident, expr
+
+    def landmarks_of(p, rot, trans):
+        pts = (lin[0] + lin[1] @ jnp.concatenate([p["alpha"], p["beta"]])) @ rot.T + trans
+        return project(cam0, pts)
+
+    def render_view(p, cam, size, target, mode):
+        rot, trans, ident, expr = geometry(p)
+        verts = vertices(sub, jnp.zeros((sub.n_identity,)).at[:n_id].set(ident), expr)
+        verts_cam = verts @ rot.T + trans
+        alb = albedo_vertices(am, p["albedo"])
+        out = render_mesh(verts_cam, tri, cam, (size, size), albedo=alb, sh=p["sh"],
+                          background=target, mode=mode, neighbors=nbr)
+        return out, rot, trans
+
+    def energy_terms(p, cam, size, targets, n0, t):
+        out, rot, trans = render_view(p, cam, size, targets[0], cfg.mode)
+        e_photo = 0.0
+        renders = _pyramid(out.rgb, cfg.pyramid)
+        for lev, (ren, tgt) in enumerate(zip(renders, targets, strict=True)):
+            e2 = jnp.sum(jnp.square(ren - tgt), -1)
+            # coarse levels (2^lev pooled) fade out over the steps: coarse to fine
+            wl = 1.0 if lev == 0 else 1.0 - t
+            e_photo = e_photo + wl * jnp.sum(_geman_mcclure(e2, cfg.robust_scale)) / (
+                n0 / 4.0 ** lev)
+        uv = landmarks_of(p, rot, trans)
+        r2 = jnp.sum(jnp.square((uv - obs) / sigma), -1)
+        e_lmk = jnp.sum(lw * r2) / lw_sum
+        e_reg = (cfg.lambda_identity * jnp.sum(jnp.square(p["alpha"]))
+                 + cfg.lambda_expression * jnp.sum(jnp.square(p["beta"] / ex_scale))
+                 + cfg.lambda_albedo * jnp.sum(jnp.square(p["albedo"] / alb_std)))
+        total = cfg.lambda_photo * e_photo + cfg.lambda_landmarks * e_lmk + e_reg
+        cov = out.mask
+        err = jnp.sqrt(jnp.sum(cov * jnp.mean(jnp.square(out.rgb - targets[0]), -1))
+                       / jnp.maximum(jnp.sum(cov), 1.0))
+        return total, (e_photo, e_lmk, err)
+
+    def project_box(z):
+        if blend and n_ex:
+            z = dict(z, beta=jnp.clip(z["beta"] * scales["beta"], 0.0, 1.0) / scales["beta"])
+        return z
+
+    # Stage A: light and albedo for the init geometry.
+    size = cfg.size
+    target, cam = _level_view(image, cam0, box, size)
+    p = {"rot": jnp.zeros((3,)), "trans": jnp.zeros((3,)), "alpha": alpha0, "beta": beta0,
+         "albedo": jnp.zeros((am.n_coefficients,)), "sh": sh_ambient(0.8)}
+    rot, trans, ident, expr = geometry(p)
+    verts0 = vertices(sub, jnp.zeros((sub.n_identity,)).at[:n_id].set(ident), expr)
+    sh_a, coeffs_a = _linear_stage(sub, am, verts0 @ rot.T + trans, cam, target, size, cfg)
+    p = dict(p, sh=sh_a, albedo=coeffs_a)
+    z = {k: v / scales[k] for k, v in p.items()}
+
+    # Stage B: one compiled render per step; the residual pyramid moves from coarse to fine.
+    n0 = jnp.float32(0.5 * size * size)
+    n_steps = cfg.steps
+    targets = _pyramid(target, cfg.pyramid)
+
+    def f(zz, t):
+        return energy_terms(unpack(zz), cam, size, targets, n0, t)
+
+    vg = jax.value_and_grad(f, has_aux=True)
+    opt = optax.adam(cfg.learning_rate)
+
+    def step(carry, i):
+        zz, state = carry
+        (value, aux), grad = vg(zz, i / max(n_steps - 1, 1))
+        updates, state = opt.update(grad, state, zz)
+        zz = project_box(optax.apply_updates(zz, updates))
+        return (zz, state), (value, aux)
+
+    (z, _), (energies, (e_photo, e_lmk, err)) = jax.lax.scan(
+        step, (z, opt.init(z)), jnp.arange(n_steps, dtype=jnp.float32))
+    p = unpack(z)
+    total = energies[-1]
+    err = err[-1]
+    rot, trans, ident, expr = geometry(p)
+    uv = landmarks_of(p, rot, trans)
+    res = jnp.where(present, jnp.linalg.norm(uv - obs, axis=-1), jnp.nan)
+    rel = jnp.abs(energies[-2] - energies[-1]) / jnp.maximum(jnp.abs(energies[-2]), 1e-12) \
+        if energies.shape[0] > 1 else jnp.float32(0.0)
+    return PhotometricResult(
+        identity=ident, expression=expr if n_ex else jnp.zeros((0,), jnp.float32),
+        rotation=rot, translation=trans, camera=cam0, landmarks2d=uv, residuals=res,
+        landmark_vertex_ids=jnp.asarray(init.landmark_vertex_ids), cost=total,
+        iterations=jnp.int32(cfg.steps), converged=rel < 1e-3,
+        albedo_coefficients=p["albedo"], albedo=albedo_vertices(am, p["albedo"]), sh=p["sh"],
+        photometric_error=err, energies=energies, crop=box)
+
+
+def photometric_result_to_json(model: MorphableModel, result: PhotometricResult,
+                               image_size: tuple[int, int], landmark_set: str = "ibug68",
+                               albedo_kind: str | None = None) -> dict[str, Any]:
+    """``result_to_json`` of the photometric fit plus its photometric keys.
+
+    Added keys: ``albedo`` (``{"kind", "coefficients", "mean_rgb"}``: the albedo model's
+    coefficients and the mean fitted colour of the face), ``sh`` (9 x 3, camera frame),
+    ``photometric_error`` (RMS colour error over the face pixels), ``photometric_cost``,
+    ``photometric_steps`` and ``crop`` ([x0, y0, size] pixels). Existing keys are unchanged.
+    """
+    from jaxface.fit.results import result_to_json
+
+    out = result_to_json(model, result, image_size, landmark_set)
+    alb = np.asarray(result.albedo, np.float64)
+    if albedo_kind is None:
+        albedo_kind = "model" if model.albedo_basis is not None else "harmonics"
+    out.update({
+        "albedo": {"kind": albedo_kind,
+                   "coefficients": np.asarray(result.albedo_coefficients,
+                                              np.float64).round(6).tolist(),
+                   "mean_rgb": alb.mean(0).round(6).tolist()},
+        "sh": np.asarray(result.sh, np.float64).round(6).tolist(),
+        "photometric_error": float(result.photometric_error),
+        "photometric_cost": float(result.cost),
+        "photometric_steps": int(result.iterations),
+        "crop": np.asarray(result.crop, np.float64).round(4).tolist(),
+    })
+    return out
