@@ -259,9 +259,6 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
         f = jnp.exp(p.log_focal)
         return PerspectiveCamera(fx=f, fy=f, cx=jnp.float32(w / 2.0), cy=jnp.float32(h / 2.0))
 
-    def lm_points(verts: Array, ids: Array, wts: Array) -> Array:
-        return jnp.einsum("lk,lkc->lc", wts, verts[ids])
-
     def residual(x: Array, lin: tuple[Array, Array], rw: Array) -> Array:
         p = _unflatten(x, n_id, n_ex)
         p0, b = lin
@@ -342,7 +339,7 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
         return x, it, conv | (it < cfg.inner_iterations)
 
     # Initialisation: frontal, centred on the landmarks, at the depth that matches their scale.
-    mean_lm = lm_points(jnp.asarray(model.mean), base_ids, base_w)
+    mean_lm = _landmark_basis(model, n_id, base_ids, base_w)[0]  # coefficients 0: the mean
     model_extent = jnp.linalg.norm(jnp.max(mean_lm[:, :2], 0) - jnp.min(mean_lm[:, :2], 0))
     depth = f0 * model_extent / jnp.maximum(diag, 1.0)
     centre_px = jnp.sum(observed * weights[:, None], 0) / jnp.maximum(jnp.sum(weights), 1e-6)
