@@ -12,7 +12,8 @@ import argparse
 
 import numpy as np
 
-FORMAT_HELP = ("bfm2009 | bfm2017 | deep3d | flame | sfm | ict | mediapipe | npz | auto "
+FORMAT_HELP = ("bfm2009 | bfm2017 | deep3d | flame | gnm | sfm | ict | "
+               "mediapipe | npz | auto "
                "(default: auto = guess from the extension/content)")
 
 

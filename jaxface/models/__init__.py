@@ -30,6 +30,7 @@ from jaxface.models.flame import (
     load_flame_landmarks,
     load_flame_with_articulation,
 )
+from jaxface.models.gnm import load_gnm
 from jaxface.models.ict import load_default, load_ict
 from jaxface.models.mediapipe import load_mediapipe, load_mediapipe_procrustes_weights
 from jaxface.models.morphable import (
@@ -85,6 +86,7 @@ __all__ = [
     "load_flame_articulation",
     "load_flame_landmarks",
     "load_flame_with_articulation",
+    "load_gnm",
     "load_ict",
     "load_mediapipe",
     "load_mediapipe_procrustes_weights",

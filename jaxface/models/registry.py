@@ -77,6 +77,12 @@ def _sfm(p, lm, ct):
     return load_sfm(p, landmarks=lm, contours=ct)
 
 
+def _gnm(p, lm, ct):
+    _no_extras("gnm", lm, ct)
+    from jaxface.models.gnm import load_gnm
+    return load_gnm(p)
+
+
 def _ict(p, lm, ct):
     _no_extras("ict", lm, ct)
     from jaxface.models.ict import load_ict
@@ -107,6 +113,7 @@ FORMATS: dict[str, tuple[Loader, str]] = {
     "deep3d": (_deep3d, "Deep3DFaceRecon BFM_model_front.mat"),
     "flame": (_flame, "FLAME generic_model.pkl / flame2023.pkl (no chumpy needed)"),
     "sfm": (_sfm, "Surrey Face Model / eos .bin"),
+    "gnm": (_gnm, "Google GNM Head gnm_head.npz (v3)"),
     "ict": (_ict, "ICT-FaceKit ict_face_model_light.npz or its folder"),
     "mediapipe": (_mediapipe, "MediaPipe canonical_face_model.obj"),
     "npz": (_npz, "jaxface model .npz"),
@@ -146,7 +153,9 @@ def guess_format(path: PathLike) -> str:
                 names = set(z.namelist())
         except (zipfile.BadZipFile, OSError) as e:
             raise ModelFormatError(f"not a readable .npz ({e})", source=str(p)) from e
-        return "npz" if "__meta__.npy" in names else "ict"
+        if "__meta__.npy" in names:
+            return "npz"
+        return "gnm" if "template_vertex_positions.npy" in names else "ict"
     raise ModelFormatError(f"cannot tell the model format of {p.name!r}; pass --format "
                            f"(one of {', '.join(FORMATS)})", source=str(p))
 
