@@ -14,6 +14,9 @@ SUBCOMMANDS = {
     "models": ("jaxface.cli.models", "inspect, convert and cache morphable models"),
     "edit": ("jaxface.cli.edit", "texture, frontalise, relight or change the expression of a "
                                  "fitted photo"),
+    "train": ("jaxface.cli.train", "train a parameter-regression encoder (generate&render, "
+                                   "fit&render or self-supervised)"),
+    "predict": ("jaxface.cli.predict", "predict model parameters of faces with a trained encoder"),
     "bench": ("jaxface.cli.bench", "run the benchmark suite and print a table"),
 }
 

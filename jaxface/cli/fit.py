@@ -2,6 +2,7 @@
 
     jaxface fit INPUT [--landmarks PTS_OR_DIR] [--detector mediapipe|dlib]
                 [--model default|PATH] [--video [--smoothness S]] --out DIR [--resume]
+                [--photometric] [--init CKPT]
 
 INPUT is an image, a folder of images (files with an image suffix, sorted by name; other files
 are ignored) or, with ``--video``, a video file whose frames are read with imageio's ``pyav``
@@ -20,6 +21,8 @@ With ``--photometric`` each landmark fit is refined by ``jaxface.fit.fit_photome
 ``result.json`` gains ``albedo``, ``sh`` (9 x 3), ``photometric_error`` and ``photometric``
 (the whole photometric fit) and ``DIR/<stem>/photometric.png`` shows it over the photo.
 ``result.json`` is written last, so ``--resume`` skips exactly the images it finished.
+With ``--init CKPT`` each landmark fit starts from a trained encoder's prediction
+(:func:`jaxface.nets.predict.predict_image`) instead of the frontal guess.
 
 Landmarks: ``--landmarks FILE.pts`` (a single image) or ``--landmarks DIR`` holding
 ``<stem>.pts`` per image (an image without one is a failure); otherwise the detector runs and the
@@ -71,6 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "photometric.png")
     p.add_argument("--resume", action="store_true",
                    help="skip images whose DIR/<stem>/result.json already exists")
+    p.add_argument("--init", default=None, metavar="CKPT",
+                   help="start each landmark fit from a trained encoder's prediction "
+                        "(a `jaxface train` run directory or exported encoder .npz)")
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -220,6 +226,14 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     detector = get_detector(args.detector) if lm_source is None else None
+    predictor = None
+    if getattr(args, "init", None):
+        if args.video:
+            raise LandmarkInputError("--init is for images; video fits start from the "
+                                     "sequence fit's own initialisation")
+        from jaxface.nets.predict import load_predictor
+
+        predictor = load_predictor(args.init, model=model)
     out.mkdir(parents=True, exist_ok=True)
 
     failures: dict[str, str] = {}
@@ -242,8 +256,15 @@ def run(args: argparse.Namespace) -> int:
                 if sequence is not None:  # video: fitted jointly below, written in pass 2
                     sequence.append((item.index, (h, w), pts, conf, how))
                     continue
-                result = fit_landmarks(model, pts, (h, w), weights=conf)
+                init = None
+                if predictor is not None:
+                    from jaxface.nets.predict import predict_image
+
+                    init = predict_image(predictor, image, pts)
+                result = fit_landmarks(model, pts, (h, w), weights=conf, init=init)
                 extra = _extra(item, how, pts)
+                if init is not None:
+                    extra["init"] = str(args.init)
                 if args.photometric:
                     extra.update(_photometric(target, image, model, result, pts, conf))
                 write_fit_outputs(target, image, model, result, observed=pts, extra=extra)
@@ -297,6 +318,7 @@ def _photometric(target: Path, image: np.ndarray, model, result, pts: np.ndarray
 
 def _extra(item: _Item, how: str, pts: np.ndarray) -> dict:
     extra = {"input": item.name, "landmarks_source": how,
+             **({"input_path": str(item.path.resolve())} if item.path is not None else {}),
              "observed_landmarks": [[None if not np.isfinite(v) else round(float(v), 4)
                                      for v in p] for p in pts]}
     if item.index is not None:

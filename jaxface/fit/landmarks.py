@@ -36,7 +36,7 @@ import optax
 
 from jaxface._pytree import pytree_dataclass, static_field
 from jaxface.camera import PerspectiveCamera, project
-from jaxface.geometry import axis_angle_to_matrix
+from jaxface.geometry import axis_angle_to_matrix, matrix_to_axis_angle
 from jaxface.mesh.normals import vertex_normals
 from jaxface.models.morphable import MorphableModel, vertices
 from jaxface.models.morphable import landmarks as model_landmarks
@@ -191,7 +191,8 @@ def _rotation(p: _Params) -> Array:
 
 def fit_landmarks(model: MorphableModel, landmarks: Any, image_size: tuple[int, int], *,
                   weights: Any = None, focal: float | None = None,
-                  config: FitConfig | None = None, **overrides: Any) -> FitResult:
+                  config: FitConfig | None = None, init: Any = None,
+                  **overrides: Any) -> FitResult:
     """Fit identity, expression, pose (and optionally focal length) to 2D landmarks.
 
     Args:
@@ -204,6 +205,11 @@ def fit_landmarks(model: MorphableModel, landmarks: Any, image_size: tuple[int, 
       focal: focal length in pixels (default ``max(H, W)``, about a 53 degree field of view);
         the starting point and prior centre when ``estimate_focal``.
       config: a FitConfig; keyword ``overrides`` replace its fields.
+      init: a starting point instead of the frontal guess: anything with ``identity``,
+        ``expression``, ``rotation``, ``translation`` and a PerspectiveCamera ``camera`` (a
+        FitResult, or a network's prediction, :func:`jaxface.nets.predict.predict_image`).
+        Its pose is carried over to the fit's camera so that the face projects to the same
+        place at the same size (exact when the two cameras agree).
 
     Returns:
       FitResult.
@@ -230,12 +236,42 @@ def fit_landmarks(model: MorphableModel, landmarks: Any, image_size: tuple[int, 
     # landmarks the model does not define (LandmarkSet.valid) never enter the energy
     weights = weights * jnp.asarray(model.landmarks[cfg.landmark_set].valid_mask(), jnp.float32)
     f0 = float(max(h, w)) if focal is None else focal
-    return _fit(model, landmarks, weights, jnp.asarray(f0, jnp.float32), (h, w), cfg)
+    x0 = None if init is None else _init_vector(model, init, f0, (h, w), cfg)
+    return _fit(model, landmarks, weights, jnp.asarray(f0, jnp.float32), (h, w), cfg, x0)
+
+
+def _init_vector(model: MorphableModel, init: Any, f0: float, image_size: tuple[int, int],
+                 cfg: FitConfig) -> Array:
+    """A starting point's flattened parameters in a camera of focal ``f0`` centred on the
+    image: the rotation is kept, and the model origin keeps its pixel position and apparent
+    size (depth scaled by ``f0 / fx_init``)."""
+    h, w = image_size
+    n_id = model.n_identity if cfg.n_identity is None else min(cfg.n_identity, model.n_identity)
+    rot = jnp.asarray(init.rotation, jnp.float32)
+    if rot.shape != (3, 3):
+        raise ValueError(f"init.rotation must be (3, 3) (one face; vmap for batches), got "
+                         f"{rot.shape}")
+    t = jnp.asarray(init.translation, jnp.float32)
+    cam = init.camera
+    z = t[2] * f0 / cam.fx
+    u = cam.fx * t[0] / t[2] + cam.cx
+    v = cam.fy * t[1] / t[2] + cam.cy
+    t0 = jnp.stack([(u - w / 2.0) * z / f0, (v - h / 2.0) * z / f0, z])
+    alpha = jnp.asarray(init.identity, jnp.float32)[:n_id] / jnp.asarray(
+        model.identity_std[:n_id])
+    if model.expression_basis is None:
+        beta = jnp.zeros((0,), jnp.float32)
+    elif model.expression_kind == "blendshape":
+        beta = jnp.clip(jnp.asarray(init.expression, jnp.float32), 0.0, 1.0)
+    else:
+        beta = jnp.asarray(init.expression, jnp.float32) / jnp.asarray(model.expression_std)
+    rotvec = matrix_to_axis_angle(rot @ jnp.asarray(MODEL_TO_CAMERA).T)
+    return _flatten(_Params(rotvec, t0, jnp.log(jnp.float32(f0)), alpha, beta))
 
 
 @functools.partial(jax.jit, static_argnames=("image_size",))
 def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
-         image_size: tuple[int, int], cfg: FitConfig) -> FitResult:
+         image_size: tuple[int, int], cfg: FitConfig, x_init: Array | None = None) -> FitResult:
     h, w = image_size
     n_id = model.n_identity if cfg.n_identity is None else min(cfg.n_identity, model.n_identity)
     n_ex = model.n_expression
@@ -347,6 +383,8 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
     t0 = jnp.stack([(centre_px[0] - w / 2.0) * depth / f0, (centre_px[1] - h / 2.0) * depth / f0,
                     depth]) - centre_model
     x = _flatten(_Params(jnp.zeros(3), t0, jnp.log(f0), jnp.zeros(n_id), jnp.zeros(n_ex)))
+    if x_init is not None:
+        x = x_init
 
     def correspondences(x: Array) -> tuple[Array, Array]:
         if contour is None:
