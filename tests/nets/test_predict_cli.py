@@ -89,3 +89,33 @@ def test_predict_and_fit_init(run, tmp_path):
     rc = main(["predict", str(one), "--checkpoint", str(tmp_path / "missing"),
                "--landmarks", str(photos / f"{stems[0]}.pts"), "--out", str(tmp_path / "x")])
     assert rc == 1
+
+
+def test_fit_and_render_dataset_from_fit_outputs(run, tmp_path):
+    """Fit & Render: `jaxface fit` results become training targets in the crop's camera."""
+    import jax
+
+    from jaxface.models import load_default
+    from jaxface.nets import TrainConfig, crop_landmarks, load_fit_dataset, make_decoder, train
+    from jaxface.nets.decoder import prediction_landmarks
+
+    photos, _, _ = run
+    fit_out = tmp_path / "fits"
+    assert main(["fit", str(photos), "--landmarks", str(photos), "--out", str(fit_out)]) == 0
+    model = load_default()
+    dec = make_decoder(model, 48)
+    ds = load_fit_dataset(dec, fit_out)
+    assert ds.size == 2
+    np.testing.assert_array_equal(ds.data.target_mask[0], [1, 1, 1, 1, 0, 0])
+    for i, stem in enumerate(sorted(p.name for p in fit_out.iterdir() if p.is_dir())):
+        r = json.loads((fit_out / stem / "result.json").read_text())
+        tgt = jax.tree.map(lambda a, i=i: a[i], ds.data.target)
+        # the fitted face, seen through the crop's camera, lands on the cropped landmarks
+        # (the inner 51: the fit slid the jawline's 17 along the silhouette)
+        np.testing.assert_allclose(prediction_landmarks(dec, tgt)[17:],
+                                   crop_landmarks(np.asarray(r["landmarks2d"]), ds.boxes[i],
+                                                  48)[17:], atol=0.05)
+    cfg = TrainConfig(regime="fit", data=str(fit_out), image_size=48, widths=(8, 12, 16),
+                      hidden=32, batch_size=2, steps=2, warmup_steps=1, log_every=1)
+    res = train(cfg, None, progress=False, model=model)
+    assert all(np.isfinite(m["loss"]) and m["parameter"] > 0 for m in res.metrics)
