@@ -12,16 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxface._image import to_uint8
 from jaxface.camera import PerspectiveCamera
 from jaxface.render.pipeline import render_mesh
-
-
-def to_uint8(image: Any) -> np.ndarray:
-    """HxWx3 float [0, 1] (or uint8) -> HxWx3 uint8."""
-    img = np.asarray(image)
-    if img.dtype == np.uint8:
-        return img
-    return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
 
 
 def to_float(image: Any) -> np.ndarray:

@@ -7,6 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
+from jaxface._image import to_uint8
 from jaxface.errors import JaxfaceError
 
 
@@ -53,16 +54,8 @@ class Detector(Protocol):
 
 
 def as_uint8(image: np.ndarray) -> np.ndarray:
-    """HxWx3 uint8 view of an image given as float [0, 1] or uint8 (grey and RGBA accepted)."""
-    img = np.asarray(image)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=-1)
-    if img.ndim != 3 or img.shape[-1] not in (3, 4):
-        raise ValueError(f"expected an HxWx3 image, got shape {img.shape}")
-    img = img[..., :3]
-    if img.dtype != np.uint8:
-        img = np.clip(np.round(np.asarray(img, np.float32) * 255.0), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(img)
+    """HxWx3 C-contiguous uint8 image from float [0, 1] or uint8 (grey and RGBA accepted)."""
+    return to_uint8(image, layout="rgb")
 
 
 def largest_first(dets: list[Detection]) -> list[Detection]:

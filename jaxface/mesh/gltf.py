@@ -21,26 +21,17 @@ from typing import Any
 
 import numpy as np
 
+from jaxface._image import to_uint8
+
 __all__ = ["encode_png", "write_gltf", "write_textured_obj"]
 
 _FLOAT, _UINT32 = 5126, 5125
 _ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
 
 
-def _to_uint8(image: Any) -> np.ndarray:
-    a = np.asarray(image)
-    if a.dtype != np.uint8:
-        a = np.clip(np.nan_to_num(a.astype(np.float64)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"image must be (H, W), (H, W, 1|3|4), got {tuple(np.shape(image))}")
-    return np.ascontiguousarray(a)
-
-
 def encode_png(image: Any) -> bytes:
     """PNG bytes of an (H, W[, C]) image, C in 1, 3, 4; float in [0, 1] or uint8."""
-    a = _to_uint8(image)
+    a = to_uint8(image, layout="hwc")
     h, w, c = a.shape
     color_type = {1: 0, 3: 2, 4: 6}[c]
     raw = b"".join(b"\x00" + a[r].tobytes() for r in range(h))

@@ -153,6 +153,55 @@ def _cumsum_int(x: jax.Array, block: int = 64) -> jax.Array:
     return (c + off[:, None]).reshape(-1)[:n]
 
 
+def _chunk_tiles(tab: jax.Array, bbox_col: int, chunk: int, tile: int):
+    """The chunk -> (triangle, tile pixel) expansion of a tile stream, shared by the rasterisers.
+
+    The stream enumerates, triangle after triangle, the ``tile x tile`` pixel tiles covering each
+    triangle's pixel box: triangle ``t`` owns stream entries ``offsets[t] .. offsets[t] +
+    count[t] - 1``, and chunk ``k`` is entries ``k*chunk .. (k+1)*chunk - 1`` (those from
+    ``total`` on are padding).
+
+    Args:
+      tab: (F, C) float32 per-triangle rows; columns ``bbox_col .. bbox_col + 4`` hold
+        ``jmin imin jmax imax max(ntx, 1)`` (pixel box and tiles per box row, exact floats).
+      bbox_col: static column of ``jmin`` in ``tab``.
+      chunk, tile: static chunk length and tile side.
+
+    Returns:
+      ``expand(k, offsets, total) -> (t, row, col, rr, valid)``: for a () int32 chunk index,
+      (F,) int32 exclusive offsets and the () int32 stream length, the triangle of each entry
+      ``t (chunk,) int32``, its ``tab`` row ``(chunk, C)``, the pixel column and row of each of
+      its ``T = tile * tile`` pixels ``col, rr (chunk, T) int32``, and ``valid (chunk, T) bool``
+      (entry below ``total`` and pixel inside the triangle's box).
+    """
+    nf = tab.shape[0]
+    # built once, here (outside the caller's loops): same trace, same compiled code as before
+    ty_, tx_ = jnp.meshgrid(jnp.arange(tile, dtype=jnp.int32), jnp.arange(tile, dtype=jnp.int32),
+                            indexing="ij")
+    ty_, tx_ = ty_.reshape(-1), tx_.reshape(-1)
+    c = bbox_col
+
+    def expand(k: jax.Array, offsets: jax.Array, total: jax.Array):
+        base = k * chunk
+        rel = offsets - base
+        inrange = (rel >= 1) & (rel < chunk)
+        marks = jnp.zeros((chunk,), jnp.int32).at[jnp.where(inrange, rel, chunk)].add(
+            1, mode="drop")
+        before = jnp.sum(offsets <= base, dtype=jnp.int32) - 1
+        t = jnp.clip(before + _cumsum_int(marks), 0, max(nf - 1, 0))
+        f = base + jnp.arange(chunk, dtype=jnp.int32)
+        row = tab[t]
+        local = f - offsets[t]
+        ntxt = row[:, c + 4].astype(jnp.int32)
+        col = (row[:, c].astype(jnp.int32) + (local % ntxt) * tile)[:, None] + tx_[None, :]
+        rr = (row[:, c + 1].astype(jnp.int32) + (local // ntxt) * tile)[:, None] + ty_[None, :]
+        valid = ((f < total)[:, None] & (col <= row[:, c + 2:c + 3].astype(jnp.int32))
+                 & (rr <= row[:, c + 3:c + 4].astype(jnp.int32)))
+        return t, row, col, rr, valid
+
+    return expand
+
+
 def _bbox(x, y, ok, h: int, wd: int):
     big = 4.0 * max(h, wd) + 8.0
     xmin = jnp.clip(jnp.min(x, axis=1), -big, big)
@@ -207,7 +256,6 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
     """Non-differentiable visibility: ``(H*W,) int32`` ids (``_BIG_ID`` on background)."""
     v = jax.lax.stop_gradient(v)
     w = None if w is None else jax.lax.stop_gradient(w)
-    nf = tri.shape[0]
     npix = h * wd
     p, x, y, z, q, area, ok = _triangle_table(v, tri, w, cull)
     table = jnp.concatenate([jnp.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1], x[:, 2], y[:, 2]], 1),
@@ -224,9 +272,7 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
     tab = jnp.concatenate(
         [table, jnp.stack([jmin, imin, jmax, imax, jnp.maximum(ntx, 1.0)], 1).astype(jnp.float32)],
         axis=1)
-    ty_, tx_ = jnp.meshgrid(jnp.arange(tile, dtype=jnp.int32), jnp.arange(tile, dtype=jnp.int32),
-                            indexing="ij")
-    ty_, tx_ = ty_.reshape(-1), tx_.reshape(-1)
+    expand = _chunk_tiles(tab, 12, chunk, tile)
 
     def epoch_stream(e):
         count = jnp.where(epoch_of == e, countf, 0.0).astype(jnp.int32)
@@ -235,24 +281,7 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
         return offsets, total
 
     def frag_data(k, offsets, total):
-        base = k * chunk
-        rel = offsets - base
-        inrange = (rel >= 1) & (rel < chunk)
-        marks = jnp.zeros((chunk,), jnp.int32).at[jnp.where(inrange, rel, chunk)].add(
-            1, mode="drop")
-        before = jnp.sum(offsets <= base, dtype=jnp.int32) - 1
-        t = jnp.clip(before + _cumsum_int(marks), 0, max(nf - 1, 0))
-        f = base + jnp.arange(chunk, dtype=jnp.int32)
-        valid = f < total
-        row = tab[t]
-        local = f - offsets[t]
-        ntxt = row[:, 16].astype(jnp.int32)
-        col0 = row[:, 12].astype(jnp.int32) + (local % ntxt) * tile
-        row0 = row[:, 13].astype(jnp.int32) + (local // ntxt) * tile
-        col = col0[:, None] + tx_[None, :]
-        rr = row0[:, None] + ty_[None, :]
-        valid = (valid[:, None] & (col <= row[:, 14:15].astype(jnp.int32))
-                 & (rr <= row[:, 15:16].astype(jnp.int32)))
+        t, row, col, rr, valid = expand(k, offsets, total)
         px = col.astype(jnp.float32) + 0.5
         py = rr.astype(jnp.float32) + 0.5
         inside, depth = _eval_fragments(row[:, None, :12], px, py, valid)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxface._pytree import pytree_dataclass
-from jaxface.render.rasterize import _check_inputs, _cumsum_int
+from jaxface.render.rasterize import _check_inputs, _chunk_tiles, _cumsum_int
 
 __all__ = ["SoftFragments", "soft_radius", "soft_rasterize", "soft_interpolate", "soft_blend"]
 
@@ -133,27 +133,11 @@ def _candidates(v, tri, h, wd, radius, chunk, tile):
     tab = jnp.concatenate([p.reshape(nf, 9), jnp.stack([jmin, imin, jmax, imax,
                                                         jnp.maximum(ntx, 1.0)], 1)],
                           1).astype(jnp.float32)
-    ty_, tx_ = jnp.meshgrid(jnp.arange(tile, dtype=jnp.int32), jnp.arange(tile, dtype=jnp.int32),
-                            indexing="ij")
-    ty_, tx_ = ty_.reshape(-1), tx_.reshape(-1)
+    expand = _chunk_tiles(tab, 9, chunk, tile)
     r2 = jnp.float32(radius * radius)
 
     def frag_data(k):
-        base = k * chunk
-        rel = offsets - base
-        inrange = (rel >= 1) & (rel < chunk)
-        marks = jnp.zeros((chunk,), jnp.int32).at[jnp.where(inrange, rel, chunk)].add(
-            1, mode="drop")
-        before = jnp.sum(offsets <= base, dtype=jnp.int32) - 1
-        t = jnp.clip(before + _cumsum_int(marks), 0, max(nf - 1, 0))
-        f = base + jnp.arange(chunk, dtype=jnp.int32)
-        row = tab[t]
-        local = f - offsets[t]
-        ntxt = row[:, 13].astype(jnp.int32)
-        col = (row[:, 9].astype(jnp.int32) + (local % ntxt) * tile)[:, None] + tx_[None, :]
-        rr = (row[:, 10].astype(jnp.int32) + (local // ntxt) * tile)[:, None] + ty_[None, :]
-        valid = ((f < total)[:, None] & (col <= row[:, 11:12].astype(jnp.int32))
-                 & (rr <= row[:, 12:13].astype(jnp.int32)))
+        t, row, col, rr, valid = expand(k, offsets, total)
         px = col.astype(jnp.float32) + 0.5
         py = rr.astype(jnp.float32) + 0.5
         pt = row[:, None, :9].reshape(-1, 1, 3, 3)
