@@ -117,3 +117,36 @@ def test_dataset_errors(model, tmp_path):
 
     with pytest.raises(FileNotFoundError, match="jaxface fit"):
         load_fit_dataset(dec, tmp_path)
+
+
+def test_data_parallel_over_two_devices_matches_one(photos, tmp_path):
+    """The batch is sharded over a device mesh: two (host-platform) devices give the same
+    training trajectory as one, up to float reassociation in the gradient all-reduce."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import json, sys
+        import jax, numpy as np
+        from jaxface.nets import TrainConfig, train
+        cfg = TrainConfig(regime="self", data={str(photos)!r}, steps=3, w_parameter=0.0,
+                          w_vertex=0.0, w_landmark=1.0, image_size=48, widths=(8, 12, 16),
+                          hidden=32, batch_size=4, warmup_steps=1, log_every=1)
+        res = train(cfg, None, progress=False)
+        print(json.dumps({{"devices": len(jax.devices()),
+                          "loss": [m["loss"] for m in res.metrics]}}))
+    """)
+    out = {}
+    for n in (1, 2):
+        env = dict(os.environ)
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                            + f" --xla_force_host_platform_device_count={n}").strip()
+        env["JAX_PLATFORMS"] = "cpu"
+        r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        out[n] = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out[1]["devices"] == 1 and out[2]["devices"] == 2
+    np.testing.assert_allclose(out[2]["loss"], out[1]["loss"], rtol=1e-4)
