@@ -388,6 +388,26 @@ def extract_texture(model: MorphableModel, image: Any, fit_result: Any, texture_
 # --------------------------------------------------------------------------- textured rendering
 
 
+def _duplicates_of(triangles: Array, reference: Array) -> Array:
+    """(F,) bool: which ``triangles`` (F, 3) use the same three vertices (any order or winding)
+    as a row of ``reference`` (T, 3). Pure JAX (traceable); O((F + T) log(F + T))."""
+    n = triangles.shape[0]
+    if n == 0 or reference.shape[0] == 0:
+        return jnp.zeros((n,), bool)
+    keys = jnp.sort(jnp.concatenate([triangles, reference], 0), axis=1)
+    # tag -1 (reference) sorts before 0 (query) within a group of equal vertex triples
+    tag = jnp.concatenate([jnp.zeros((n,), jnp.int32),
+                           jnp.full((reference.shape[0],), -1, jnp.int32)])
+    order = jnp.lexsort((tag, keys[:, 2], keys[:, 1], keys[:, 0]))
+    k = keys[order]
+    idx = jnp.arange(k.shape[0], dtype=jnp.int32)
+    start = jnp.concatenate([jnp.ones((1,), bool), jnp.any(k[1:] != k[:-1], axis=1)])
+    first = jax.lax.cummax(jnp.where(start, idx, 0))
+    tag = tag[order]
+    dup_sorted = (tag == 0) & (tag[first] < 0)
+    return jnp.zeros(k.shape[0], bool).at[order].set(dup_sorted)[:n]
+
+
 def render_textured(verts_cam: Any, layout: UVLayout, texture: Any, camera: Any,
                     image_size: tuple[int, int], *, occluders: Any = None,
                     background: Any = 0.0, interior: Any = None,
@@ -400,7 +420,9 @@ def render_textured(verts_cam: Any, layout: UVLayout, texture: Any, camera: Any,
       texture: (S, S, 3) texture (or a Texture).
       camera: camera; image_size: (H, W) static.
       occluders: optional (F, 3) triangles of the full mesh: pixels where another triangle is in
-        front of the textured surface are left as background.
+        front of the textured surface are left as background. Occluders with the same vertices
+        as a textured triangle (the textured part of the full mesh) are skipped, so the
+        textured surface never z-fights with its own copy.
       background: scalar, (3,) or (H, W, 3).
       interior: optional (F,) bool over ``occluders``: those (untextured, e.g. the mouth socket)
         are drawn in ``interior_colour`` ((3,); default 0.3 x the texture's mean colour).
@@ -416,7 +438,15 @@ def render_textured(verts_cam: Any, layout: UVLayout, texture: Any, camera: Any,
     lt = jnp.asarray(layout.triangles, jnp.int32)
     n_tex = lt.shape[0]
     if occluders is not None:
-        all_tri = jnp.concatenate([lt, jnp.asarray(occluders, jnp.int32)], 0)
+        occ_tri = jnp.asarray(occluders, jnp.int32)
+        # The textured triangles are usually among the occluders (the full mesh). Such copies
+        # lie exactly on the textured surface, and the z-buffer would have to break the depth
+        # tie in favour of the textured copy: it does not reliably (the same triangle's depth,
+        # evaluated in another chunk of the rasteriser's fragment loop, can differ in the last
+        # bit), which left the occluder copy -- drawn as background -- on a speckle of pixels.
+        # Copies are made degenerate (zero area: never drawn); their ids keep their place.
+        dup = _duplicates_of(occ_tri, lt)
+        all_tri = jnp.concatenate([lt, jnp.where(dup[:, None], 0, occ_tri)], 0)
     else:
         all_tri = lt
     frags = rasterize(scr.xyz, all_tri, (h, w), w=scr.w)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -51,6 +52,71 @@ def test_frontalize_centres_the_face(model, turned):
     centre = img[24:40, 26:38]
     ref = frontal_reference(model, fit, colours)[24:40, 26:38]
     assert np.median(np.abs(centre - ref)) < 0.05
+
+
+@pytest.mark.parametrize("size", [64, 48])
+def test_frontalize_small_output_has_no_holes(model, turned, size):
+    """Regression: at small output sizes the occluder copy of each textured triangle (the full
+    mesh passed as ``occluders``) sometimes won the z-buffer tie and left black speckles.
+
+    (The tie is lost when XLA's backend optimisations make the rasteriser's depth of the same
+    triangle differ in the last bit between fragment chunks; tests/conftest.py turns those off,
+    so this test shows the bug only with JAXFACE_TEST_FULL_XLA=1. The next test emulates it.)"""
+    from scipy import ndimage
+
+    fit, image, _ = turned
+    tex = extract_texture(model, image, fit, TEX)
+    out = frontalize(model, fit, tex, (size, size), fit_image_size=synth.SIZE)
+    img, mask = np.asarray(out.image), np.asarray(out.mask) > 0.5
+    face = ndimage.binary_fill_holes(mask)
+    assert mask.sum() > 0.1 * size * size
+    assert (face & ~mask).sum() == 0
+    assert np.mean(img[face].max(-1) < 0.02) < 0.002
+
+
+def test_render_textured_ignores_depth_noise_between_copies(model, turned, monkeypatch):
+    """render_textured must not rely on the z-buffer breaking exact depth ties: emulate a
+    rasteriser whose depth carries per-triangle last-bits noise (as chunked XLA code can)."""
+    import jaxface.edit.texture as texture_mod
+    from jaxface.edit import frontal_pose, render_textured
+    from jaxface.models import vertices
+    from jaxface.render.rasterize import rasterize
+
+    def noisy_rasterize(sv, tri, image_size, w=None, **kw):
+        tri = jnp.asarray(tri, jnp.int32)
+        ids = jnp.arange(tri.shape[0], dtype=jnp.uint32)
+        jitter = ((ids * jnp.uint32(2654435761)) >> 20).astype(jnp.float32) / 4096.0 - 0.5
+        p = jnp.asarray(sv)[tri]  # unshared corners: each triangle gets its own depth scale
+        p = p.at[..., 2].multiply(1.0 + 2e-6 * jitter[:, None])
+        ww = None if w is None else jnp.asarray(w)[tri].reshape(-1)
+        return rasterize(p.reshape(-1, 3), jnp.arange(3 * tri.shape[0], dtype=jnp.int32).reshape(
+            -1, 3), image_size, w=ww, **kw)
+
+    monkeypatch.setattr(texture_mod, "rasterize", noisy_rasterize)
+    fit, image, _ = turned
+    tex = extract_texture(model, image, fit, TEX)
+    v = vertices(model, fit.identity, fit.expression)
+    used = np.unique(np.asarray(tex.layout.triangles))
+    rot, trans, cam = frontal_pose(v[used], fit, (48, 48), synth.SIZE)
+    tri = jnp.asarray(model.triangles, jnp.int32)
+    _, mask, _ = render_textured(v @ rot.T + trans, tex.layout, tex.texture, cam, (48, 48))
+    _, mask_occ, _ = render_textured(v @ rot.T + trans, tex.layout, tex.texture, cam, (48, 48),
+                                     occluders=tri)
+    mask, mask_occ = np.asarray(mask) > 0.5, np.asarray(mask_occ) > 0.5
+    assert mask.sum() > 200
+    # nothing of the full mesh is in front of the frontal face: the occluders hide nothing
+    assert (mask & ~mask_occ).sum() <= 2
+
+
+def test_render_textured_skips_occluder_copies_of_textured_triangles():
+    from jaxface.edit.texture import _duplicates_of
+
+    tri = jnp.array([[0, 1, 2], [2, 3, 0], [4, 5, 6], [1, 2, 3], [6, 4, 5]], jnp.int32)
+    ref = jnp.array([[5, 4, 6], [0, 1, 2], [7, 8, 9]], jnp.int32)
+    want = [True, False, True, False, True]
+    assert np.asarray(_duplicates_of(tri, ref)).tolist() == want
+    assert np.asarray(jax.jit(_duplicates_of)(tri, ref)).tolist() == want
+    assert np.asarray(_duplicates_of(tri, ref[:0])).tolist() == [False] * 5
 
 
 def frontal_reference(model, fit, colours):
