@@ -10,7 +10,8 @@ detected landmarks' bounding-box diagonal, at least 1 px):
 
 solved by Levenberg-Marquardt (``jax.jacfwd`` + a damped normal-equation solve), entirely inside
 ``lax`` control flow so that one call compiles once and ``jax.vmap`` batches it over images.
-Blendshape expressions are box-constrained to [0, 1] by projecting every step.
+Blendshape expressions are box-constrained to [0, 1] by an active set (weights held at a bound
+leave the step's system), with Nielsen's gain-ratio update of the damping.
 
 Robust loss: with ``robust="huber"`` each landmark's weight is re-estimated every outer round
 (iteratively reweighted least squares) so that residuals beyond ``huber_delta * sigma`` count
@@ -56,8 +57,10 @@ class FitConfig:
     ``estimate_focal``, ``outer_iterations``, ``inner_iterations``, ``robust``, ``use_contour``,
     ``solver`` and ``optax_steps``.
 
-    ``solver="lm"`` (default) is Levenberg-Marquardt with ``inner_iterations`` steps per outer
-    round; ``"adam"`` and ``"lbfgs"`` minimise the same energy with optax for ``optax_steps``
+    ``solver="lm"`` (default) is Levenberg-Marquardt with at most ``inner_iterations`` steps per
+    outer round (fewer once the relative cost change falls below ``tolerance``), for at most
+    ``outer_iterations`` rounds (fewer once LM converged and the contour matching stopped
+    changing); ``"adam"`` and ``"lbfgs"`` minimise the same energy with optax for ``optax_steps``
     steps per round, on parameters preconditioned to comparable scales (0.1 rad, 10 mm, 0.1 in
     log focal, 1 per coefficient).
     The weights and thresholds are pytree leaves: changing them reuses the compiled fit, and
@@ -237,7 +240,8 @@ def fit_landmarks(model: MorphableModel, landmarks: Any, image_size: tuple[int, 
     weights = weights * jnp.asarray(model.landmarks[cfg.landmark_set].valid_mask(), jnp.float32)
     f0 = float(max(h, w)) if focal is None else focal
     x0 = None if init is None else _init_vector(model, init, f0, (h, w), cfg)
-    return _fit(model, landmarks, weights, jnp.asarray(f0, jnp.float32), (h, w), cfg, x0)
+    return _fit(model, landmarks, weights, jnp.asarray(f0, jnp.float32), (h, w), cfg, x0,
+                _contour_subset(model, cfg))
 
 
 def _init_vector(model: MorphableModel, init: Any, f0: float, image_size: tuple[int, int],
@@ -269,9 +273,32 @@ def _init_vector(model: MorphableModel, init: Any, f0: float, image_size: tuple[
     return _flatten(_Params(rotvec, t0, jnp.log(jnp.float32(f0)), alpha, beta))
 
 
+def _contour_subset(model: MorphableModel, cfg: FitConfig
+                    ) -> tuple[Array, Array, Array] | None:
+    """The part of the mesh the contour search reads: ``(vertex ids (N,), incident triangles
+    (T, 3) and candidates (n, C) in local numbering)``, or None (no contour search, or a model
+    whose arrays are traced, which then uses the whole mesh)."""
+    contour = model.contours.get(cfg.landmark_set) if cfg.use_contour else None
+    if contour is None:
+        return None
+    try:
+        cand = np.asarray(contour.candidates)
+        tri = np.asarray(model.triangles)
+    except jax.errors.TracerArrayConversionError:
+        return None
+    cand0 = np.where(cand >= 0, cand, 0)
+    loc_tri = tri[np.isin(tri, cand0).any(axis=1)]
+    loc_v = np.unique(np.concatenate([loc_tri.reshape(-1), cand0.reshape(-1)]))
+    remap = np.zeros((int(loc_v.max()) + 1,), np.int32)
+    remap[loc_v] = np.arange(loc_v.size, dtype=np.int32)
+    return (jnp.asarray(loc_v, jnp.int32), jnp.asarray(remap[loc_tri]),
+            jnp.asarray(remap[cand0]))
+
+
 @functools.partial(jax.jit, static_argnames=("image_size",))
 def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
-         image_size: tuple[int, int], cfg: FitConfig, x_init: Array | None = None) -> FitResult:
+         image_size: tuple[int, int], cfg: FitConfig, x_init: Array | None = None,
+         local: tuple[Array, Array, Array] | None = None) -> FitResult:
     h, w = image_size
     n_id = model.n_identity if cfg.n_identity is None else min(cfg.n_identity, model.n_identity)
     n_ex = model.n_expression
@@ -336,6 +363,11 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
             rows.append(jnp.zeros((1, k)))
         return jnp.concatenate([j_pose, jnp.concatenate(rows, axis=0)], axis=1)
 
+    # Box-constrained coordinates of the flat parameter vector (blendshape weights in [0, 1]).
+    boxed = np.zeros((7 + n_id + n_ex,), bool)
+    if blend:
+        boxed[7 + n_id:] = True
+
     def lm_solve(x: Array, ids: Array, wts: Array, rw: Array) -> tuple[Array, Array, Array]:
         n = x.shape[0]
         free = jnp.ones((n,), jnp.float32)
@@ -348,32 +380,61 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
             return 0.5 * jnp.sum(r * r)
 
         def body(state):
-            x, mu, it, cost, _, done = state
+            x, mu, nu, it, cost, _, done = state
             r = residual(x, lin, rw)
             jac = jacobian(x, lin, rw) * free[None, :]
             jtj = jac.T @ jac
             g = jac.T @ r
-            damp = mu * (jnp.diag(jtj) + 1e-6) + (1.0 - free)
-            step = -jnp.linalg.solve(jtj + jnp.diag(damp), g)
-            x_new = project_box(x + step * free)
+            d = jnp.sqrt(jnp.diag(jtj) + 1e-12)
+
+            def solve_rest(fixed: Array, dx_fixed: Array) -> Array:
+                """Minimise the damped Gauss-Newton model over the coordinates not ``fixed``,
+                the fixed ones moving by ``dx_fixed``: Jacobi-scaled (the columns mix radians,
+                millimetres and unit coefficients), Marquardt damping ``mu``, Cholesky."""
+                fr = free * (1.0 - fixed.astype(jnp.float32))
+                s = fr / d
+                a = jtj * s[:, None] * s[None, :] + jnp.diag((1.0 - fr) + fr * mu)
+                chol = jax.scipy.linalg.cho_factor(a, lower=True)
+                return dx_fixed - s * jax.scipy.linalg.cho_solve(chol, s * (g + jtj @ dx_fixed))
+
+            # Box constraints by an active set, not by clipping an unconstrained step (that
+            # stalls LM: with ~30 of 53 weights at a bound, most clipped steps increased the
+            # cost and the damping ran away). Weights at a bound whose gradient pushes them
+            # outward stay there; weights the step would carry across a bound are put on it
+            # and the rest re-solved with them fixed.
+            act = boxed & (((x <= 0.0) & (g > 0.0)) | ((x >= 1.0) & (g < 0.0)))
+            step = solve_rest(act, jnp.zeros_like(x))
+            xt = x + step
+            hit = boxed & ~act & ((xt < 0.0) | (xt > 1.0))
+            step = solve_rest(act | hit, jnp.where(hit, jnp.clip(xt, 0.0, 1.0) - x, 0.0))
+            x_new = project_box(x + step)
+            dx = (x_new - x) * free
             new_cost = cost_of(x_new)
-            better = new_cost < cost
+            pred = -(g @ dx + 0.5 * dx @ (jtj @ dx))  # decrease the model predicts
+            better = (new_cost < cost) & jnp.isfinite(new_cost)
             x = jnp.where(better, x_new, x)
             rel = (cost - new_cost) / jnp.maximum(cost, 1e-12)
             # converged when the step changes the cost by less than the tolerance, taken or
-            # not: in float32 a converged LM step is as often rejected by rounding as accepted
-            conv = jnp.abs(rel) < cfg.tolerance
-            mu = jnp.where(better, jnp.maximum(mu * 0.3, 1e-7), mu * 10.0)
+            # not (in float32 a converged LM step is as often rejected by rounding as
+            # accepted), or when the model itself predicts less than that
+            conv = (jnp.abs(rel) < cfg.tolerance) | ((pred >= 0) & (pred < cfg.tolerance * cost))
+            # Nielsen's damping update from the gain ratio (actual / predicted decrease)
+            gain = jnp.where(pred > 0, (cost - new_cost) / jnp.maximum(pred, 1e-30), -1.0)
+            good = better & (gain > 0)
+            mu = jnp.where(good, mu * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * gain - 1.0) ** 3),
+                           mu * nu)
+            mu = jnp.clip(mu, 1e-9, 1e12)
+            nu = jnp.where(good, 2.0, nu * 2.0)
             cost = jnp.where(better, new_cost, cost)
-            done = conv | (mu > 1e8)
-            return x, mu, it + 1, cost, conv, done
+            done = conv | (mu >= 1e12)
+            return x, mu, nu, it + 1, cost, conv, done
 
         def cond(state):
-            return (state[2] < cfg.inner_iterations) & ~state[5]
+            return (state[3] < cfg.inner_iterations) & ~state[6]
 
-        init = (x, jnp.float32(1e-2), jnp.int32(0), cost_of(x), jnp.bool_(False),
-                jnp.bool_(False))
-        x, _, it, cost, conv, _ = jax.lax.while_loop(cond, body, init)
+        init = (x, jnp.float32(1e-3), jnp.float32(2.0), jnp.int32(0), cost_of(x),
+                jnp.bool_(False), jnp.bool_(False))
+        x, _, _, it, _, conv, _ = jax.lax.while_loop(cond, body, init)
         return x, it, conv | (it < cfg.inner_iterations)
 
     # Initialisation: frontal, centred on the landmarks, at the depth that matches their scale.
@@ -388,18 +449,31 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
     if x_init is not None:
         x = x_init
 
+    if local is not None:
+        # The contour search needs positions and normals of the candidate vertices only: the
+        # model is evaluated on the candidates and the corners of their incident triangles
+        # (a few hundred vertices instead of the whole mesh, which dominated a round's cost).
+        loc_v, loc_tri, loc_cand = local
+        loc_lin = _landmark_basis(model, n_id, jnp.repeat(loc_v[:, None], 3, axis=1),
+                                  jnp.tile(jnp.array([1.0, 0.0, 0.0], jnp.float32),
+                                           (loc_v.shape[0], 1)))
+
     def correspondences(x: Array) -> tuple[Array, Array]:
         if contour is None:
             return base_ids, base_w
         p = _unflatten(x, n_id, n_ex)
-        verts = _shape(model, p, n_id)
         rot = _rotation(p)
-        cam_v = verts @ rot.T + p.translation
         cand = jnp.asarray(contour.candidates)  # (n, C)
         valid = cand >= 0
         cand0 = jnp.where(valid, cand, 0)
-        normals = vertex_normals(verts, jnp.asarray(model.triangles))[cand0] @ rot.T
-        pts = cam_v[cand0]
+        if local is None:
+            verts = _shape(model, p, n_id)
+            normals = vertex_normals(verts, jnp.asarray(model.triangles))[cand0] @ rot.T
+            pts = (verts @ rot.T + p.translation)[cand0]
+        else:
+            verts = loc_lin[0] + loc_lin[1] @ x[7:]  # (n_loc, 3), model frame
+            normals = vertex_normals(verts, loc_tri)[loc_cand] @ rot.T
+            pts = (verts @ rot.T + p.translation)[loc_cand]
         view = pts / jnp.linalg.norm(pts, axis=-1, keepdims=True)
         cos = jnp.abs(jnp.sum(normals * view, -1))
         on_contour = cos < jnp.cos(jnp.deg2rad(cfg.contour_min_angle_deg))
@@ -465,18 +539,29 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
 
     solve = lm_solve if cfg.solver == "lm" else optax_solve
 
-    def outer(carry, _):
-        x, total, _ = carry
-        ids, wts = correspondences(x)
+    def outer(carry):
+        x, total, _, ids, wts, rnd, _ = carry
         rw = robust_weights(x, ids, wts)
         x, it, conv = solve(x, ids, wts, rw)
-        return (x, total + it, conv), None
+        new_ids, new_wts = correspondences(x)
+        # Nothing is left to do once LM has converged and the contour matching no longer
+        # changes (with IRLS, also the weights: the round must not have moved x).
+        stable = conv & jnp.all(new_ids == ids) & jnp.all(new_wts == wts)
+        if cfg.robust != "none":
+            stable = stable & (it <= 1)
+        if cfg.solver != "lm":  # the optax solvers still make progress in a further round
+            stable = jnp.bool_(False)
+        return x, total + it, conv, new_ids, new_wts, rnd + 1, stable
 
-    # Round 0 fits rigid pose only well enough for the contour search: the first outer round
-    # starts from the frontal guess, later rounds refine correspondences.
-    (x, iters, conv), _ = jax.lax.scan(outer, (x, jnp.int32(0), jnp.bool_(False)), None,
-                                       length=cfg.outer_iterations)
+    def outer_cond(carry):
+        return (carry[5] < cfg.outer_iterations) & ~carry[6]
+
+    # The first round starts from the frontal guess (and frontal contour correspondences);
+    # later rounds re-match the contour to the current fit, until it stops changing.
     ids, wts = correspondences(x)
+    x, iters, conv, ids, wts, _, _ = jax.lax.while_loop(
+        outer_cond, outer, (x, jnp.int32(0), jnp.bool_(False), ids, wts, jnp.int32(0),
+                            jnp.bool_(False)))
     p = _unflatten(x, n_id, n_ex)
     rot = _rotation(p)
     cam = camera_of(p)

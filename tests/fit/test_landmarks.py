@@ -60,6 +60,20 @@ def test_noise_level_residual_and_prior(model):
     assert _angle_deg(r.rotation, s["rot"]) < 3.0
 
 
+def test_lm_converges_early_with_active_bounds(model):
+    # Many blendshape weights end on a bound; LM must still meet its tolerance in a few steps
+    # (projecting unconstrained steps onto the box ran all 60 here without converging) and
+    # stop at the cost of a run that never stops early.
+    s = _synthetic(model, 9, [-0.1, -0.4, 0.0], noise_px=0.5)
+    kw = dict(focal=640.0, use_contour=False, outer_iterations=1, inner_iterations=60)
+    r = fit_landmarks(model, s["lm"], (H, W), **kw)
+    full = fit_landmarks(model, s["lm"], (H, W), tolerance=0.0, **kw)
+    ex = np.asarray(r.expression)
+    assert np.sum((ex == 0) | (ex == 1)) >= 10  # the bounds are active
+    assert bool(r.converged) and int(r.iterations) <= 15, int(r.iterations)
+    assert float(r.cost) <= float(full.cost) * (1 + 1e-4)
+
+
 def test_more_regularisation_means_smaller_coefficients(model):
     s = _synthetic(model, 2, [0.0, 0.2, 0.0], noise_px=0.5)
     weak = fit_landmarks(model, s["lm"], (H, W), lambda_identity=0.1, use_contour=False)
