@@ -150,3 +150,40 @@ def test_data_parallel_over_two_devices_matches_one(photos, tmp_path):
         out[n] = json.loads(r.stdout.strip().splitlines()[-1])
     assert out[1]["devices"] == 1 and out[2]["devices"] == 2
     np.testing.assert_allclose(out[2]["loss"], out[1]["loss"], rtol=1e-4)
+
+
+def test_sigkill_and_resume_equals_uninterrupted(model, photos, tmp_path):
+    """`jaxface train` killed with SIGKILL mid-run, then run again: the resumed run ends with
+    exactly the weights of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg_file = tmp_path / "tiny.toml"
+    cfg_file.write_text(f'regime = "self"\ndata = "{photos}"\nimage_size = 48\n'
+                        'widths = [8, 12, 16]\nhidden = 32\nbatch_size = 4\nsteps = 120\n'
+                        'checkpoint_every = 3\nkeep_checkpoints = 2\nw_parameter = 0.0\n'
+                        'w_vertex = 0.0\nw_landmark = 1.0\nwarmup_steps = 1\nlog_every = 1\n')
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "jaxface", "train", "--config",
+                             str(cfg_file), "--out", str(run), "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t0 = time.time()
+    while not (run / "checkpoints" / "9").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() - t0 < 300, "no checkpoint after 300 s"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    cfg = load_config(cfg_file)
+    resumed = train(cfg, run, progress=False, model=model)
+    assert resumed.metrics[0]["step"] > 9
+    full = train(cfg, None, progress=False, model=model)
+    a = jax.tree.leaves(full.state["params"])
+    b = jax.tree.leaves(resumed.state["params"])
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b, strict=True))
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 121))
