@@ -159,7 +159,6 @@ def load_encoder(path: str | Path, step: int | None = None) -> tuple[Encoder, di
     if step is None:
         raise CheckpointError(f"{run} has no complete checkpoint yet")
     enc = _encoder_from_meta(meta)
-    params = nnx.state(enc, nnx.Param)
     mngr = checkpoint_manager(run)
     try:
         import orbax.checkpoint as ocp
@@ -167,8 +166,6 @@ def load_encoder(path: str | Path, step: int | None = None) -> tuple[Encoder, di
         restored = mngr.restore(step, args=ocp.args.StandardRestore())
     finally:
         mngr.close()
-    pure = restored["params"]
-    _set_params(enc, _flat(pure), f"{run} step {step}")
-    del params
+    _set_params(enc, _flat(restored["params"]), f"{run} step {step}")
     meta = dict(meta, step=int(step))
     return enc, meta

@@ -237,12 +237,16 @@ def build(cfg: TrainConfig, model: Any = None) -> tuple[Encoder, FaceDecoder, di
     return enc, dec, meta
 
 
-def _optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    sched = optax.warmup_cosine_decay_schedule(
+def _schedule(cfg: TrainConfig) -> optax.Schedule:
+    """Linear warm-up to ``learning_rate``, then cosine decay to 2 % of it at ``steps``."""
+    return optax.warmup_cosine_decay_schedule(
         0.0, cfg.learning_rate, max(1, min(cfg.warmup_steps, cfg.steps - 1)), cfg.steps,
         end_value=cfg.learning_rate * 0.02)
+
+
+def _optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                       optax.adamw(sched, weight_decay=cfg.weight_decay))
+                       optax.adamw(_schedule(cfg), weight_decay=cfg.weight_decay))
 
 
 def _data_fn(cfg: TrainConfig, dec: FaceDecoder, dataset: ImageSet | None):
@@ -357,9 +361,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, *, resume: bool =
     next_batch = _data_fn(cfg, dec, dataset)
     step_fn = make_step(cfg, graphdef, opt)
     base_key = jax.random.key(cfg.seed)
-    sched = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, max(1, min(cfg.warmup_steps, cfg.steps - 1)), cfg.steps,
-        end_value=cfg.learning_rate * 0.02)
+    sched = _schedule(cfg)
 
     bar = None
     if progress:
