@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     info.add_argument("file", help="model file, 'default', or a name added with `models add`")
     info.add_argument("--format", default="auto", choices=fmts, help=FORMAT_HELP)
     info.add_argument("--landmarks", help="eos ibug_to_*.txt mapping or FLAME embedding")
-    info.add_argument("--contours", help="eos *_model_contours.json")
+    info.add_argument("--contours", help="eos *_model_contours.json, or FLAME's "
+                      "flame_dynamic_embedding.npy (flame)")
 
     conv = sub.add_parser("convert", help="convert a model file to a jaxface .npz")
     conv.add_argument("input", help="the model file (or ICT-FaceKit folder)")
@@ -39,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     conv.add_argument("--out", required=True, help="output .npz")
     conv.add_argument("--landmarks", help="eos ibug_to_*.txt mapping (bfm2009/bfm2017/sfm) or "
                                           "FLAME landmark embedding (flame)")
-    conv.add_argument("--contours", help="eos *_model_contours.json (bfm2009/bfm2017/sfm)")
+    conv.add_argument("--contours", help="eos *_model_contours.json (bfm2009/bfm2017/sfm), "
+                      "or FLAME's flame_dynamic_embedding.npy (flame)")
     conv.add_argument("--basis-dtype", default="float32", choices=("float32", "float16", "int16"),
                       help="storage of the bases (float16/int16 shrink the file)")
 

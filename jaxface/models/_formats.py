@@ -264,7 +264,138 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         allowed[(mod, "set")] = set
         allowed[(mod, "frozenset")] = frozenset
         allowed[(mod, "object")] = object
+    # torch tensors pickled inside a plain pickle (DECA's landmark_embedding.npy): rebuilt as
+    # numpy arrays from their legacy-format storage bytes, without torch.
+    allowed[("torch._utils", "_rebuild_tensor_v2")] = _rebuild_tensor_v2
+    allowed[("torch.storage", "_load_from_bytes")] = _torch_storage_from_bytes
+    allowed[("collections", "OrderedDict")] = _empty_ordered_dict  # the tensors' backward hooks
     return allowed
+
+
+# ------------------------------------------------------------------------------------------------
+# torch tensors inside plain pickles, without torch
+# ------------------------------------------------------------------------------------------------
+#
+# A torch tensor pickled with the plain pickle module (not torch.save) reduces to
+# ``torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
+# backward_hooks[, metadata])`` and its storage to ``torch.storage._load_from_bytes(b)``, where
+# ``b`` is ``torch.save(storage, _use_new_zipfile_serialization=False)``: the legacy format, a
+# run of pickles (magic number, protocol version 1001, sys-info dict, the object with each
+# storage as the persistent id ('storage', torch.<T>Storage, key, location, numel, view),
+# the sorted storage keys) followed by, per key, int64 little-endian numel and the raw
+# little-endian elements (torch/serialization.py ``_legacy_save``, torch/storage.py
+# ``__reduce__``, ``writeFileRaw`` in torch/csrc/serialization.cpp).
+
+TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+TORCH_LEGACY_PROTOCOL = 1001
+_TORCH_STORAGE_DTYPES = {
+    "DoubleStorage": "<f8", "FloatStorage": "<f4", "HalfStorage": "<f2", "LongStorage": "<i8",
+    "IntStorage": "<i4", "ShortStorage": "<i2", "CharStorage": "i1", "ByteStorage": "u1",
+    "BoolStorage": "?",
+}
+
+
+class _TorchStorageType:
+    """Stand-in for a ``torch.<T>Storage`` class named in a persistent id."""
+
+    def __init__(self, name: str):
+        self.dtype = np.dtype(_TORCH_STORAGE_DTYPES[name])
+        self.name = name
+
+
+def _empty_ordered_dict(*args: Any) -> dict:
+    if args:
+        raise pickle.UnpicklingError("refusing collections.OrderedDict with arguments")
+    return {}
+
+
+class _TorchLegacyUnpickler(pickle.Unpickler):
+    """One pickle of a legacy torch.save stream: only storage types and inert builtins."""
+
+    def __init__(self, stream: io.BytesIO, refs: dict[str, Any]):
+        super().__init__(stream, encoding="latin1")
+        self.refs = refs
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch" and name in _TORCH_STORAGE_DTYPES:
+            return _TorchStorageType(name)
+        if (module, name) in (("collections", "OrderedDict"),):
+            return _empty_ordered_dict
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name} inside a torch "
+                                     "storage")
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"
+                and isinstance(pid[1], _TorchStorageType)):
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+        _, stype, key, _location, numel, view = pid
+        if view is not None:
+            raise pickle.UnpicklingError("storage views (torch < 0.4 files) are not supported")
+        self.refs[str(key)] = (stype.dtype, int(numel))
+        return ("storage-ref", str(key))
+
+
+def _torch_storage_from_bytes(b: Any) -> np.ndarray:
+    """A 1-D array holding the elements of a legacy torch.save'd storage (``b``)."""
+    if not isinstance(b, bytes):
+        raise pickle.UnpicklingError("torch storage bytes expected")
+    if b[:2] == b"PK":
+        raise pickle.UnpicklingError("zip-format torch storages are not supported")
+    f = io.BytesIO(b)
+    refs: dict[str, Any] = {}
+
+    def load() -> Any:
+        return _TorchLegacyUnpickler(f, refs).load()
+
+    if load() != TORCH_LEGACY_MAGIC or load() != TORCH_LEGACY_PROTOCOL:
+        raise pickle.UnpicklingError("not a legacy torch.save stream (bad magic or protocol)")
+    info = load()
+    if not isinstance(info, dict) or not info.get("little_endian", False):
+        raise pickle.UnpicklingError("only little-endian torch storages are supported")
+    obj = load()
+    keys = load()
+    if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+        raise pickle.UnpicklingError("bad storage key list")
+    data: dict[str, np.ndarray] = {}
+    for k in keys:
+        if k not in refs:
+            raise pickle.UnpicklingError(f"storage key {k!r} was never referenced")
+        dtype, numel = refs[k]
+        head = f.read(8)
+        if len(head) != 8 or int.from_bytes(head, "little", signed=True) != numel:
+            raise pickle.UnpicklingError("storage size does not match its persistent id")
+        raw = f.read(numel * dtype.itemsize)
+        if len(raw) != numel * dtype.itemsize:
+            raise pickle.UnpicklingError("truncated torch storage data")
+        data[k] = np.frombuffer(raw, dtype=dtype).copy()
+    if not (isinstance(obj, tuple) and len(obj) == 2 and obj[0] == "storage-ref"
+            and obj[1] in data):
+        raise pickle.UnpicklingError("the torch stream does not hold a single storage")
+    return data[obj[1]]
+
+
+def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
+                       backward_hooks: Any, metadata: Any = None) -> np.ndarray:
+    """``torch._utils._rebuild_tensor_v2`` without torch: a numpy copy of the strided view."""
+    if not isinstance(storage, np.ndarray) or storage.ndim != 1:
+        raise pickle.UnpicklingError("tensor storage is not a rebuilt torch storage")
+    try:
+        offset = int(offset)
+        size = tuple(int(s) for s in size)
+        stride = tuple(int(s) for s in stride)
+    except (TypeError, ValueError) as e:
+        raise pickle.UnpicklingError(f"bad tensor geometry ({e})") from e
+    if len(size) != len(stride) or offset < 0 or any(s < 0 for s in size + stride):
+        raise pickle.UnpicklingError("bad tensor size/stride")
+    n = int(np.prod(size, dtype=np.int64))
+    if n == 0:
+        return np.zeros(size, storage.dtype)
+    last = offset + sum((s - 1) * st for s, st in zip(size, stride, strict=True))
+    if last >= storage.shape[0]:
+        raise pickle.UnpicklingError("tensor extends past the end of its storage")
+    view = np.lib.stride_tricks.as_strided(
+        storage[offset:], shape=size, strides=tuple(st * storage.itemsize for st in stride))
+    return np.array(view)
 
 
 def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:

@@ -10,7 +10,10 @@ Layout facts used here (see each function for the details and which ones are ver
 * BFM 2009 ``01_MorphableModel.mat`` (MATLAB v5): ``shapeMU`` (3V, 1), ``shapePC`` (3V, K),
   ``shapeEV`` (K, 1), ``texMU``/``texPC``/``texEV`` likewise, ``tl`` (T, 3) 1-based; xyz
   interleaved per vertex; V = 53490, K = 199. Lengths in micrometres; ``shapeEV`` holds standard
-  deviations of the coefficients of the orthonormal ``shapePC``.
+  deviations of the coefficients of the orthonormal ``shapePC``. ``segbin`` (V, 4) 0/1: one
+  column per face segment, in the order nose, eyes, mouth, rest (the Basel code's
+  "external"); it becomes four boolean regions. ``segMM``/``segMB`` (segment blending data, if
+  present) are not read.
 * BFM 2017/2019 h5 (statismo/scalismo format): ``<part>/model/mean`` (3V,),
   ``<part>/model/pcaBasis`` (3V, K) orthonormal columns, ``<part>/model/pcaVariance`` (K,)
   variances, ``<part>/representer/points`` (3, V), ``<part>/representer/cells`` (3, T) 0-based,
@@ -75,7 +78,9 @@ def load_bfm2009(path: PathLike, *, landmarks: PathLike | None = None,
       with_albedo: read the texture model too.
 
     Returns:
-      MorphableModel (V=53490, 199 identity modes, 199 albedo modes, no expression).
+      MorphableModel (V=53490, 199 identity modes, 199 albedo modes, no expression), with
+      regions ``"nose"``, ``"eyes"``, ``"mouth"``, ``"rest"`` from ``segbin`` when the file has
+      it (see :data:`BFM2009_SEGMENTS`).
 
     Raises:
       ModelFormatError: not a BFM 2009 file, truncated, or inconsistent shapes.
@@ -116,9 +121,27 @@ def load_bfm2009(path: PathLike, *, landmarks: PathLike | None = None,
         albedo = dict(albedo_mean=tmu[:, 0].reshape(v, 3) / 255.0,
                       albedo_basis=F.flat_basis_to_kv3(tpc, v), albedo_std=tstd / 255.0)
     lms, cts = _landmark_parts(v, landmarks, contours, src)
+    regions = _bfm2009_segments(data, v, src)
     return make_model(mean=mean, identity_basis=F.flat_basis_to_kv3(pc, v),
                       identity_std=std * MICROMETRE_TO_MM, triangles=tri, landmarks=lms,
-                      contours=cts, units="mm", name="bfm2009", source=src, **albedo)
+                      contours=cts, regions=regions, units="mm", name="bfm2009", source=src,
+                      **albedo)
+
+
+#: Column order of BFM 2009's ``segbin`` (the Basel MATLAB code labels them nose, eyes, mouth,
+#: external).
+BFM2009_SEGMENTS = ("nose", "eyes", "mouth", "rest")
+
+
+def _bfm2009_segments(data: dict[str, Any], n_vertices: int, src: str) -> dict[str, np.ndarray]:
+    """``segbin`` (V, 4) 0/1 -> one (V,) bool region per segment ({} when absent)."""
+    if "segbin" not in data:
+        return {}
+    seg = F.get_array(data, "segbin", src, what="BFM 2009 01_MorphableModel.mat")
+    F.expect_shape(seg, (n_vertices, len(BFM2009_SEGMENTS)), src, "segbin")
+    if not np.all((seg == 0) | (seg == 1)):
+        raise ModelFormatError("segment indicators must be 0 or 1", source=src, field="segbin")
+    return {name: np.asarray(seg[:, i] != 0) for i, name in enumerate(BFM2009_SEGMENTS)}
 
 
 # ------------------------------------------------------------------------------------------------

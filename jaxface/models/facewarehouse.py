@@ -19,6 +19,13 @@ the sizes match the header exactly. The core has no topology: pass the triangles
 the same vertex order (e.g. a FaceWarehouse ``shape_0.obj`` read with
 ``jaxface.mesh.read_obj``). FaceWarehouse meshes are in their own (unstated) unit; ``scale``
 converts to mm.
+
+The per-subject blendshape files ``Tester_<i>/Blendshape/shape.bs`` are read by
+:func:`load_facewarehouse_blendshapes`; their layout is the one several public readers use
+(int32 nShapes = 46, int32 nVerts = 11510, int32 nFaces = 11540, then (1 + nShapes) x nVerts x 3
+float32: the neutral B_0, then B_1..B_46, xyz interleaved per vertex). Stacking the subjects'
+blendshapes gives the identity x expression data tensor for
+:func:`jaxface.models.build.build_bilinear_model`, which computes the core tensor itself.
 """
 
 from __future__ import annotations
@@ -179,3 +186,41 @@ def load_facewarehouse_core(path: PathLike, triangles: Any, *,
     core = core.reshape(kid, kexp, n3 // 3, 3) * np.float32(scale)
     return make_bilinear_model(core, triangles, neutral_index=neutral_index, source=src,
                                name=os.path.splitext(os.path.basename(src))[0])
+
+
+def load_facewarehouse_blendshapes(path: PathLike, *, scale: float = 1.0) -> np.ndarray:
+    """Read a FaceWarehouse ``shape.bs`` (one subject's neutral face and 46 expressions).
+
+    Layout: int32 nShapes, int32 nVerts, int32 nFaces (little-endian), then
+    ``(1 + nShapes) * nVerts * 3`` float32, shape-major (B_0 = neutral first), xyz interleaved.
+    The file has no triangles (nFaces only counts them; the topology is that of the subject's
+    ``.obj`` meshes).
+
+    Args:
+      path: the ``shape.bs`` file.
+      scale: multiply lengths by this (file unit -> mm).
+
+    Returns:
+      (1 + nShapes, nVerts, 3) float32; row 0 is the neutral expression.
+
+    Raises:
+      ModelFormatError: short header, sizes that do not match the header, non-finite values.
+    """
+    p = F.require_file(path)
+    src = str(p)
+    raw = p.read_bytes()
+    if len(raw) < 12:
+        raise ModelFormatError("file too short for the 3 x int32 header", source=src,
+                               field="header")
+    n_shapes, n_verts, n_faces = struct.unpack("<3i", raw[:12])
+    if n_shapes < 0 or n_verts < 1 or n_faces < 0:
+        raise ModelFormatError(f"bad header (nShapes, nVerts, nFaces) = "
+                               f"{(n_shapes, n_verts, n_faces)}", source=src, field="header")
+    n = (1 + n_shapes) * n_verts * 3
+    if len(raw) - 12 != 4 * n:
+        raise ModelFormatError(f"header ({n_shapes} shapes, {n_verts} vertices) needs {4 * n} "
+                               f"data bytes, file has {len(raw) - 12}: truncated or not a "
+                               "FaceWarehouse shape.bs", source=src, field="data")
+    data = np.frombuffer(raw, "<f4", count=n, offset=12).reshape(1 + n_shapes, n_verts, 3)
+    F.check_finite(data, src, "data")
+    return (data * np.float32(scale)).astype(np.float32)

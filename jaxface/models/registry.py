@@ -67,9 +67,9 @@ def _deep3d(p, lm, ct):
 
 
 def _flame(p, lm, ct):
-    _no_extras("flame", None, ct)
     from jaxface.models.flame import load_flame
-    return load_flame(p, landmarks=lm)
+    files = [f for f in (lm, ct) if f is not None]  # ct: the dynamic (jawline) embedding
+    return load_flame(p, landmarks=files or None)
 
 
 def _sfm(p, lm, ct):
@@ -169,7 +169,8 @@ def load_any(path: PathLike, format: str = "auto", *, landmarks: PathLike | None
       format: a key of ``FORMATS`` or ``"auto"`` (:func:`guess_format`).
       landmarks: an eos ``ibug_to_*.txt`` mapping (bfm2009, bfm2017, sfm) or a FLAME landmark
         embedding (flame).
-      contours: an eos ``*_model_contours.json`` (bfm2009, bfm2017, sfm).
+      contours: an eos ``*_model_contours.json`` (bfm2009, bfm2017, sfm) or FLAME's dynamic
+        jawline embedding ``flame_dynamic_embedding.npy`` (flame).
     """
     p = Path(path).expanduser()
     if not p.exists():

@@ -82,7 +82,8 @@ def write_bfm2009_mat(path: Path, *, k: int = 4, n_vertices: int | None = None,
                       inward_winding: bool = False, seed: int = 0) -> dict[str, Any]:
     """``shapeMU`` (3V,1) single in micrometres, ``shapePC`` (3V,K) single orthonormal,
     ``shapeEV`` (K,1) single standard deviations (micrometres), ``texMU`` (3V,1) 0..255,
-    ``texPC``, ``texEV``, ``tl`` (T,3) double 1-based, plus ``segbin`` (V,4) like the real file.
+    ``texPC``, ``texEV``, ``tl`` (T,3) double 1-based, plus ``segbin`` (V,4) 0/1 per vertex,
+    columns nose, eyes, mouth, rest, like the real file (its dtype there is unverified).
     """
     verts, tri = cap_mesh(n_vertices=n_vertices, seed=seed)
     v = verts.shape[0]
@@ -93,14 +94,21 @@ def write_bfm2009_mat(path: Path, *, k: int = 4, n_vertices: int | None = None,
     tpc = orthonormal(3 * v, k, seed + 2)
     tev = np.linspace(30.0, 5.0, k)
     tl = (tri[:, [0, 2, 1]] if inward_winding else tri) + 1
+    # segments by position on the face (nose, eyes, mouth, rest), 0/1 per vertex and column
+    x, y = verts[:, 0] / 75.0, verts[:, 1] / 95.0
+    nose = (np.abs(x) < 0.25) & (np.abs(y) < 0.3)
+    eyes = (np.abs(x) > 0.2) & (np.abs(x) < 0.7) & (y > 0.2) & (y < 0.6)
+    mouth = (np.abs(x) < 0.4) & (y < -0.3) & (y > -0.7)
+    segbin = np.stack([nose, eyes, mouth, ~(nose | eyes | mouth)], 1)
     scipy.io.savemat(str(path), {
         "shapeMU": (flat(verts) * 1000.0).astype(np.float32)[:, None],
         "shapePC": pc.astype(np.float32), "shapeEV": ev.astype(np.float32)[:, None],
         "texMU": flat(tex_mu).astype(np.float32)[:, None], "texPC": tpc.astype(np.float32),
         "texEV": tev.astype(np.float32)[:, None], "tl": tl.astype(np.float64),
-        "segbin": np.zeros((v, 4), np.uint8),
+        "segbin": segbin.astype(np.uint8),
     }, format="5")
     return dict(mean=verts, triangles=tri, identity_basis=kv3(pc), identity_std=ev / 1000.0,
+                segments=segbin,
                 albedo_mean=tex_mu / 255.0, albedo_basis=kv3(tpc), albedo_std=tev / 255.0)
 
 
@@ -183,14 +191,16 @@ def write_deep3d_mat(path: Path, *, k_id: int = 80, k_exp: int = 64, k_tex: int 
 # ------------------------------------------------------------------------------------------------
 
 class ChStandIn:
-    """Pickles like ``chumpy.ch.Ch``: NEWOBJ of chumpy.ch.Ch, then its ``__dict__`` (minus
-    the weakref caches, as Ch.__getstate__ does) with the array under ``x``."""
+    """Pickles like ``chumpy.ch.Ch``: NEWOBJ of chumpy.ch.Ch, then its ``__dict__`` minus
+    ``_parents`` and ``_cache`` (Ch.__getstate__ in mattloper/chumpy ch.py), holding the array
+    under ``x`` and the attributes Ch.__new__ sets."""
 
     def __init__(self, x: np.ndarray):
         self.x = x
 
     def __getstate__(self):
-        return {"x": self.x, "_dirty_vars": set(), "_itr": None, "_depends_on_deps": {}}
+        return {"_dirty_vars": set(), "_itr": None, "_make_dense": False, "_make_sparse": False,
+                "_depends_on_deps": {}, "x": self.x}
 
 
 ChStandIn.__module__ = "chumpy.ch"
@@ -302,27 +312,150 @@ def write_flame_static_embedding(path: Path, n_faces: int, n: int = 51, seed: in
     return fid.astype(np.int64), b
 
 
+def _npy_object_file(path: Path, body: bytes) -> None:
+    """A .npy v1.0 file of a 0-d object array (``np.save(path, dict)``): header, then the
+    pickle ``body`` of the array."""
+    header = "{'descr': '|O', 'fortran_order': False, 'shape': (), }"
+    pad = 64 - (10 + len(header) + 1) % 64
+    header = header + " " * pad + "\n"
+    Path(path).write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header))
+                           + header.encode("latin1") + body)
+
+
+def _object_array(obj: Any) -> np.ndarray:
+    arr = np.empty((), dtype=object)
+    arr[()] = obj
+    return arr
+
+
+class GlobalRef:
+    """A module-level name of a library that is not installed here (torch), for pickling."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def __call__(self, *args):  # pickle only requires reduce functions to be callable
+        raise TypeError("a stand-in, not callable")
+
+
+class Py3Pickler(pickle._Pickler):
+    """A Python 3 pickler (protocol 2 or 3) that writes :class:`GlobalRef` names and NumPy 1.x
+    module names (numpy.core.multiarray._reconstruct), with an optional persistent_id."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def __init__(self, file, protocol: int, pid=None):
+        super().__init__(file, protocol=protocol)
+        self._pid = pid
+        self._renamed = {np.zeros(1).__reduce__()[0]: ("numpy.core.multiarray", "_reconstruct")}
+
+    def persistent_id(self, obj):
+        return None if self._pid is None else self._pid(obj)
+
+    def save_ref(self, obj, name=None):
+        module, qual = ((obj.module, obj.name) if isinstance(obj, GlobalRef)
+                        else self._renamed[obj])
+        self.write(pickle.GLOBAL + f"{module}\n{qual}\n".encode("ascii"))
+        self.memoize(obj)
+
+    def save_builtin(self, obj, name=None):
+        if obj in self._renamed:
+            return self.save_ref(obj)
+        return pickle._Pickler.save_global(self, obj, name)
+
+    dispatch[GlobalRef] = save_ref
+    dispatch[type(np.zeros(1).__reduce__()[0])] = save_builtin
+
+
+TORCH_STORAGE_NAMES = {np.dtype("<i8"): "LongStorage", np.dtype("<f4"): "FloatStorage",
+                       np.dtype("<f8"): "DoubleStorage", np.dtype("<i4"): "IntStorage"}
+
+
+def torch_legacy_storage_bytes(flat: np.ndarray, key: str = "94857136425760") -> bytes:
+    """``torch.save(storage, _use_new_zipfile_serialization=False)`` of a 1-D storage: pickles
+    (protocol 2) of the magic number, protocol version 1001 and sys info, the storage as the
+    persistent id ('storage', torch.<T>Storage, key, 'cpu', numel, None), the key list; then
+    int64 LE numel and the raw little-endian elements."""
+    flat = np.ascontiguousarray(flat).reshape(-1)
+    stype = GlobalRef("torch", TORCH_STORAGE_NAMES[flat.dtype.newbyteorder("<")])
+    marker = object()
+    buf = io.BytesIO()
+
+    def pid(o):
+        return ("storage", stype, key, "cpu", flat.size, None) if o is marker else None
+
+    def dump(obj):
+        Py3Pickler(buf, 2, pid).dump(obj)
+
+    dump(0x1950A86A20F9469CFC6C)
+    dump(1001)
+    dump({"protocol_version": 1001, "little_endian": True,
+          "type_sizes": {"short": 2, "int": 4, "long": 4}})
+    dump(marker)
+    dump([key])
+    buf.write(struct.pack("<q", flat.size) + flat.astype(flat.dtype.newbyteorder("<")).tobytes())
+    return buf.getvalue()
+
+
+class TensorStandIn:
+    """Pickles like a contiguous CPU ``torch.Tensor`` with the plain pickle module:
+    ``torch._utils._rebuild_tensor_v2(storage, 0, size, stride, False, OrderedDict())`` with
+    the storage as ``torch.storage._load_from_bytes(<legacy torch.save bytes>)``."""
+
+    def __init__(self, arr: np.ndarray):
+        self.arr = np.ascontiguousarray(arr)
+
+    def __reduce__(self):
+        from collections import OrderedDict
+
+        stride = tuple(s // self.arr.itemsize for s in self.arr.strides)
+        storage = _StorageStandIn(self.arr.reshape(-1))
+        return (GlobalRef("torch._utils", "_rebuild_tensor_v2"),
+                (storage, 0, tuple(self.arr.shape), stride, False, OrderedDict()))
+
+
+class _StorageStandIn:
+    def __init__(self, flat: np.ndarray):
+        self.flat = flat
+
+    def __reduce__(self):
+        return (GlobalRef("torch.storage", "_load_from_bytes"),
+                (torch_legacy_storage_bytes(self.flat),))
+
+
 def write_flame_landmark_embedding_npy(path: Path, n_faces: int, seed: int = 0
                                        ) -> dict[str, np.ndarray]:
-    """DECA's ``landmark_embedding.npy``: a .npy (v1.0, descr '|O', shape ()) whose payload is
-    a Python 2 pickle of a 0-d object array holding the dict."""
+    """DECA's ``landmark_embedding.npy``: ``np.save`` of a dict (a .npy v1.0, descr '|O',
+    shape (), whose payload is a protocol-3 pickle of the 0-d object array) with the static
+    and full sets as numpy arrays and ``dynamic_lmk_faces_idx`` (79, 17) int64 /
+    ``dynamic_lmk_bary_coords`` (79, 17, 3) float32 as torch tensors (DECA calls ``.long()`` /
+    ``.to()`` on them; a PaddlePaddle port converts them with ``.numpy()``)."""
     rng = np.random.default_rng(seed)
     d = {
         "static_lmk_faces_idx": rng.integers(0, n_faces, 51).astype(np.int64),
         "static_lmk_bary_coords": rng.dirichlet(np.ones(3), 51),
         "dynamic_lmk_faces_idx": rng.integers(0, n_faces, (79, 17)).astype(np.int64),
-        "dynamic_lmk_bary_coords": rng.dirichlet(np.ones(3), (79, 17)),
+        "dynamic_lmk_bary_coords": rng.dirichlet(np.ones(3), (79, 17)).astype(np.float32),
         "full_lmk_faces_idx": rng.integers(0, n_faces, (1, 68)).astype(np.int64),
         "full_lmk_bary_coords": rng.dirichlet(np.ones(3), (1, 68)),
     }
-    arr = np.empty((), dtype=object)
-    arr[()] = d
-    header = "{'descr': '|O', 'fortran_order': False, 'shape': (), }"
-    pad = 64 - (10 + len(header) + 1) % 64
-    header = header + " " * pad + "\n"
-    body = py2_pickle_bytes(arr)
-    Path(path).write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header))
-                           + header.encode("latin1") + body)
+    stored = {k: (TensorStandIn(v) if k.startswith("dynamic") else v) for k, v in d.items()}
+    buf = io.BytesIO()
+    Py3Pickler(buf, 3).dump(_object_array(stored))
+    _npy_object_file(path, buf.getvalue())
+    return d
+
+
+def write_flame_dynamic_embedding_npy(path: Path, n_faces: int, seed: int = 0,
+                                      rows: int = 79, n: int = 17) -> dict[str, np.ndarray]:
+    """RingNet's ``flame_dynamic_embedding.npy`` (read by FLAME_PyTorch and smplx as
+    ``np.load(..., allow_pickle=True, encoding='latin1')[()]``): a dict with ``lmk_face_idx``
+    (79, 17) and ``lmk_b_coords`` (79, 17, 3), saved by Python 2 NumPy (protocol-2 pickle of a
+    0-d object array). The integer dtype (uint32 here, like ``f``) is unverified."""
+    rng = np.random.default_rng(seed)
+    d = {"lmk_face_idx": rng.integers(0, n_faces, (rows, n)).astype(np.uint32),
+         "lmk_b_coords": rng.dirichlet(np.ones(3), (rows, n))}
+    _npy_object_file(path, py2_pickle_bytes(_object_array(d)))
     return d
 
 
@@ -437,3 +570,14 @@ def write_facewarehouse_core(path: Path, *, k_id: int = 4, k_exp: int = 5, seed:
                         [("id", "exp", "coord").index(a) for a in header_order])
     Path(path).write_bytes(struct.pack("<3i", *dims) + data.astype("<f4").tobytes())
     return dict(core=core.astype(np.float32).astype(np.float64), triangles=tri)
+
+
+def write_facewarehouse_shape_bs(path: Path, n_verts: int = 30, n_shapes: int = 46,
+                                 seed: int = 0) -> np.ndarray:
+    """FaceWarehouse ``Tester_<i>/Blendshape/shape.bs``: int32 nShapes, nVerts, nFaces, then
+    (1 + nShapes) x nVerts x 3 float32 (neutral first, xyz interleaved). Returns the shapes."""
+    rng = np.random.default_rng(seed)
+    shapes = rng.normal(0, 1.0, (1 + n_shapes, n_verts, 3)).astype(np.float32)
+    Path(path).write_bytes(struct.pack("<3i", n_shapes, n_verts, 2 * n_verts)
+                           + shapes.astype("<f4").tobytes())
+    return shapes

@@ -40,6 +40,28 @@ def test_bfm2009_units_std_albedo_and_triangles(tmp_path, rng):
     assert 0.0 <= float(np.min(m.albedo_mean)) and float(np.max(m.albedo_mean)) <= 1.0
 
 
+def test_bfm2009_segments_become_regions(tmp_path):
+    gt = fx.write_bfm2009_mat(tmp_path / "01_MorphableModel.mat")
+    m = load_bfm2009(tmp_path / "01_MorphableModel.mat", with_albedo=False)
+    assert set(m.regions) == {"nose", "eyes", "mouth", "rest"}
+    for i, name in enumerate(("nose", "eyes", "mouth", "rest")):
+        np.testing.assert_array_equal(np.asarray(m.regions[name]), gt["segments"][:, i])
+    assert all(np.asarray(m.regions[k]).any() for k in m.regions)
+    # a file without segbin loads without regions
+    d = {k: v for k, v in scipy.io.loadmat(str(tmp_path / "01_MorphableModel.mat")).items()
+         if not k.startswith("__") and k != "segbin"}
+    scipy.io.savemat(str(tmp_path / "noseg.mat"), d)
+    assert load_bfm2009(tmp_path / "noseg.mat", with_albedo=False).regions == {}
+    # bad segment data
+    v = gt["mean"].shape[0]
+    for bad in (np.ones((v, 3), np.uint8), np.ones((v - 1, 4), np.uint8),
+                np.full((v, 4), 2, np.uint8)):
+        scipy.io.savemat(str(tmp_path / "badseg.mat"), {**d, "segbin": bad})
+        with pytest.raises(ModelFormatError) as e:
+            load_bfm2009(tmp_path / "badseg.mat", with_albedo=False)
+        assert e.value.field == "segbin"
+
+
 def test_bfm2009_inward_winding_is_flipped_outward(tmp_path):
     gt = fx.write_bfm2009_mat(tmp_path / "m.mat", inward_winding=True)
     m = load_bfm2009(tmp_path / "m.mat", with_albedo=False)

@@ -12,6 +12,7 @@ from jaxface.models.facewarehouse import (
     BilinearModel,
     bilinear_to_linear,
     bilinear_vertices,
+    load_facewarehouse_blendshapes,
     load_facewarehouse_core,
 )
 from jaxface.models.morphable import vertices
@@ -90,3 +91,53 @@ def test_bad_core_files(tmp_path):
     with pytest.raises(ModelFormatError) as e:
         load_facewarehouse_core(tmp_path / "core.bin", gt["triangles"] + 1000)
     assert e.value.field == "triangles"
+
+
+def test_shape_bs_files_build_a_bilinear_model(tmp_path):
+    # three subjects' shape.bs, each a neutral + 46 expressions, from a rank-(2, 4) generator
+    rng = np.random.default_rng(3)
+    base = rng.normal(0, 10.0, (2, 4, 25, 3))
+    w_id, w_ex = rng.normal(size=(3, 2)), rng.normal(size=(47, 4))
+    truth = np.einsum("si,ej,ijvc->sevc", w_id, w_ex, base).astype(np.float32)
+    for s_ in range(3):
+        body = truth[s_].astype("<f4").tobytes()
+        (tmp_path / f"t{s_}.bs").write_bytes(np.array([46, 25, 40], "<i4").tobytes() + body)
+    shapes = [load_facewarehouse_blendshapes(tmp_path / f"t{s_}.bs", scale=10.0)
+              for s_ in range(3)]
+    np.testing.assert_array_equal(shapes[1], truth[1] * np.float32(10.0))
+    from jaxface.models.build import build_bilinear_model
+
+    tri = np.array([[0, 1, 2], [1, 3, 2]])
+    m, info = build_bilinear_model(np.stack(shapes), tri, n_identity=2, n_expression=4,
+                                   return_info=True)
+    got = bilinear_vertices(m, info.identity_factors[2], jnp.eye(47)[5])
+    np.testing.assert_allclose(np.asarray(got), shapes[2][5], rtol=1e-4, atol=1e-2)
+
+    # the fixture writer's file (independent of the loader) reads back exactly
+    want = fx.write_facewarehouse_shape_bs(tmp_path / "shape.bs")
+    np.testing.assert_array_equal(load_facewarehouse_blendshapes(tmp_path / "shape.bs"), want)
+
+
+def test_bad_shape_bs_files(tmp_path):
+    fx.write_facewarehouse_shape_bs(tmp_path / "shape.bs")
+    raw = (tmp_path / "shape.bs").read_bytes()
+    (tmp_path / "trunc.bs").write_bytes(raw[:-4])
+    with pytest.raises(ModelFormatError) as e:
+        load_facewarehouse_blendshapes(tmp_path / "trunc.bs")
+    assert e.value.field == "data" and "truncated" in str(e.value)
+    (tmp_path / "short.bs").write_bytes(raw[:8])
+    with pytest.raises(ModelFormatError) as e:
+        load_facewarehouse_blendshapes(tmp_path / "short.bs")
+    assert e.value.field == "header"
+    (tmp_path / "neg.bs").write_bytes(np.array([46, -3, 0], "<i4").tobytes() + raw[12:])
+    with pytest.raises(ModelFormatError, match="bad header"):
+        load_facewarehouse_blendshapes(tmp_path / "neg.bs")
+    bad = bytearray(raw)
+    bad[12:16] = np.float32(np.nan).tobytes()
+    (tmp_path / "nan.bs").write_bytes(bytes(bad))
+    with pytest.raises(ModelFormatError, match="NaN"):
+        load_facewarehouse_blendshapes(tmp_path / "nan.bs")
+    # a core-tensor file is not a shape.bs (sizes do not match the header's meaning)
+    fx.write_facewarehouse_core(tmp_path / "core.bin")
+    with pytest.raises(ModelFormatError):
+        load_facewarehouse_blendshapes(tmp_path / "core.bin")

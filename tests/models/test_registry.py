@@ -96,6 +96,12 @@ def test_guess_format_and_load_any(tmp_path):
     assert [guess_format(tmp_path / n) for n in ("a.mat", "b.mat", "c.pkl", "d.bin")] == [
         "bfm2009", "deep3d", "flame", "sfm"]
     assert load_any(tmp_path / "c.pkl").articulation is not None
+    # FLAME: landmarks = static embedding, contours = the dynamic (jawline) embedding
+    n_faces = load_any(tmp_path / "c.pkl").n_triangles
+    fx.write_flame_static_embedding(tmp_path / "s.pkl", n_faces)
+    fx.write_flame_dynamic_embedding_npy(tmp_path / "dyn.npy", n_faces)
+    m = load_any(tmp_path / "c.pkl", landmarks=tmp_path / "s.pkl", contours=tmp_path / "dyn.npy")
+    assert len(m.landmarks["ibug68"]) == 68 and m.contours["ibug68"].candidates.shape[0] == 17
     with pytest.raises(ValueError, match="unknown model format"):
         load_any(tmp_path / "a.mat", "bfm1999")
     with pytest.raises(ValueError, match="takes no"):
