@@ -1,6 +1,6 @@
 """``jaxface fit``: fit the morphable model to the faces in images, a folder or a video.
 
-    jaxface fit INPUT [--landmarks PTS_OR_DIR] [--detector mediapipe|dlib]
+    jaxface fit INPUT [--landmarks PTS_OR_DIR] [--detector mediapipe|dlib|mediapipe+dlib]
                 [--model default|PATH] [--video [--smoothness S]] --out DIR [--resume]
                 [--photometric] [--init CKPT]
 
@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxface.detect import DETECTORS
 from jaxface.errors import JaxfaceError
 
 
@@ -58,8 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--landmarks", default=None, metavar="PTS_OR_DIR",
                    help="iBUG .pts file (single image) or folder of <stem>.pts files; "
                         "default: run the detector")
-    p.add_argument("--detector", default="mediapipe", choices=["mediapipe", "dlib"],
-                   help="landmark detector when --landmarks is not given (default mediapipe)")
+    p.add_argument("--detector", default="mediapipe", choices=list(DETECTORS),
+                   help="landmark detector when --landmarks is not given (default mediapipe; "
+                        "mediapipe+dlib averages the two, the most accurate)")
     p.add_argument("--model", default="default",
                    help="'default' (the embedded model) or a jaxface model .npz")
     p.add_argument("--video", action="store_true",

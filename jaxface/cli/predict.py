@@ -1,7 +1,7 @@
 """``jaxface predict``: model parameters of the faces in photos from a trained encoder.
 
     jaxface predict INPUT --checkpoint CKPT --out DIR [--landmarks PTS_OR_DIR]
-                    [--detector mediapipe|dlib] [--model default|PATH] [--resume]
+                    [--detector mediapipe|dlib|mediapipe+dlib] [--model default|PATH] [--resume]
 
 INPUT is an image or a folder of images; CKPT a ``jaxface train`` run directory (its newest
 checkpoint), one of its ``checkpoints/N`` folders, or an exported ``encoder.npz``. Each face is
@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from jaxface.detect import DETECTORS
 from jaxface.errors import JaxfaceError
 
 
@@ -33,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--landmarks", default=None, metavar="PTS_OR_DIR",
                    help="iBUG .pts file (single image) or folder of <stem>.pts files; "
                         "default: run the detector")
-    p.add_argument("--detector", default="mediapipe", choices=["mediapipe", "dlib"],
+    p.add_argument("--detector", default="mediapipe", choices=list(DETECTORS),
                    help="landmark detector when --landmarks is not given (default mediapipe)")
     p.add_argument("--model", default=None,
                    help="model the encoder was trained with (default: the one it names)")

@@ -17,15 +17,16 @@ from jaxface.detect.base import (
 )
 from jaxface.detect.pts import PtsFormatError, read_pts, write_pts
 
-DETECTORS = ("mediapipe", "dlib")
+DETECTORS = ("mediapipe", "dlib", "mediapipe+dlib")
 
 
 def get_detector(name: str = "dlib", **options) -> Detector:
-    """A detector by name: ``"dlib"`` (iBUG-68) or ``"mediapipe"`` (iBUG-68 through
-    ``jaxface.detect.mapping``; ``scheme="mediapipe468"`` for the raw points).
+    """A detector by name: ``"dlib"`` (iBUG-68), ``"mediapipe"`` (iBUG-68 through
+    ``jaxface.detect.mapping``; ``scheme="mediapipe468"`` for the raw points) or
+    ``"mediapipe+dlib"`` (the two averaged, :mod:`jaxface.detect.combined`).
 
-    ``options`` go to the detector's constructor. Neither dependency is imported before the
-    detector is first called.
+    ``options`` go to the detector's constructor (for ``"mediapipe+dlib"``: to MediaPipe's).
+    Neither dependency is imported before the detector is first called.
     """
     if name == "dlib":
         from jaxface.detect.dlib import DlibDetector
@@ -35,6 +36,12 @@ def get_detector(name: str = "dlib", **options) -> Detector:
         from jaxface.detect.mediapipe import MediaPipeDetector
 
         return MediaPipeDetector(**options)
+    if name == "mediapipe+dlib":
+        from jaxface.detect.combined import AveragedDetector
+        from jaxface.detect.dlib import DlibDetector
+        from jaxface.detect.mediapipe import MediaPipeDetector
+
+        return AveragedDetector(MediaPipeDetector(**options), DlibDetector())
     raise ValueError(f"unknown detector {name!r}; choose from {DETECTORS}")
 
 

@@ -36,7 +36,7 @@ import numpy as np
 import optax
 
 from jaxface._pytree import pytree_dataclass, static_field
-from jaxface.camera import PerspectiveCamera, project
+from jaxface.camera import DEFAULT_NEAR, PerspectiveCamera, project
 from jaxface.geometry import axis_angle_to_matrix, matrix_to_axis_angle
 from jaxface.mesh.normals import vertex_normals
 from jaxface.models.morphable import MorphableModel, vertices
@@ -322,18 +322,62 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
         f = jnp.exp(p.log_focal)
         return PerspectiveCamera(fx=f, fy=f, cx=jnp.float32(w / 2.0), cy=jnp.float32(h / 2.0))
 
+    # The prior terms are a diagonal linear residual ``prior_diag * (x - x_ref)`` (zero on the
+    # pose, the focal term only when it is estimated); the Gauss-Newton system adds them as a
+    # diagonal instead of stacking K dense rows under the landmark Jacobian.
+    n_par = 7 + n_id + n_ex
+    prior_diag = jnp.concatenate([
+        jnp.zeros((6,)),
+        (jnp.sqrt(cfg.lambda_focal) / 0.25 if cfg.estimate_focal else jnp.zeros(())) * jnp.ones(1),
+        jnp.full((n_id,), jnp.sqrt(cfg.lambda_identity)),
+        jnp.full((n_ex,), jnp.sqrt(cfg.lambda_expression))]).astype(jnp.float32)
+    x_ref = jnp.zeros((n_par,), jnp.float32).at[6].set(jnp.log(f0))
+
+    def landmark_residual(pose: Array, pts_model: Array, rw: Array) -> Array:
+        """(2L,) weighted reprojection residuals of the model-frame points ``pts_model`` under
+        ``pose = (rotvec, translation, log focal)``."""
+        p = _Params(pose[0:3], pose[3:6], pose[6], None, None)
+        pts = pts_model @ _rotation(p).T + p.translation
+        uv = project(camera_of(p), pts)
+        return ((uv - observed) * (jnp.sqrt(weights * rw) / sigma)[:, None]).reshape(-1)
+
     def residual(x: Array, lin: tuple[Array, Array], rw: Array) -> Array:
+        p0, b = lin
+        r_lm = landmark_residual(x[:7], p0 + b @ x[7:], rw)
+        return jnp.concatenate([r_lm, prior_diag * (x - x_ref)])
+
+    def normal_equations(x: Array, lin: tuple[Array, Array], rw: Array
+                         ) -> tuple[Array, Array, Array]:
+        """``(J^T J, J^T r, cost)`` of the residual at ``x``: the landmark Jacobian is forward
+        mode for the 7 camera/pose parameters and the chain rule (projection Jacobian @ R @
+        landmark basis) for the K linear coefficients; the prior adds its diagonal."""
         p = _unflatten(x, n_id, n_ex)
         p0, b = lin
-        pts = (p0 + b @ x[7:]) @ _rotation(p).T + p.translation
-        uv = project(camera_of(p), pts)
-        r_lm = ((uv - observed) * (jnp.sqrt(weights * rw) / sigma)[:, None]).reshape(-1)
-        r_id = jnp.sqrt(cfg.lambda_identity) * p.alpha
-        r_ex = jnp.sqrt(cfg.lambda_expression) * p.beta
-        parts = [r_lm, r_id, r_ex]
-        if cfg.estimate_focal:
-            parts.append(jnp.sqrt(cfg.lambda_focal) * (p.log_focal - jnp.log(f0))[None] / 0.25)
-        return jnp.concatenate(parts)
+        pts_model = p0 + b @ x[7:]
+        r_lm, j_pose = jax.linearize(lambda q: landmark_residual(q, pts_model, rw), x[:7])
+        j_pose = jax.vmap(j_pose, out_axes=1)(jnp.eye(7, dtype=x.dtype))  # (2L, 7)
+        rot = _rotation(p)
+        cam_pts = pts_model @ rot.T + p.translation
+        cam = camera_of(p)
+        # perspective projection Jacobian d(u, v)/d(X, Y, Z), in closed form
+        # (``project`` clamps the depth at the near plane: no depth derivative there)
+        z = cam_pts[:, 2]
+        in_front = z > DEFAULT_NEAR
+        inv_z = 1.0 / jnp.where(in_front, z, DEFAULT_NEAR)
+        fx = cam.fx * inv_z
+        fy = cam.fy * inv_z
+        zero = jnp.zeros_like(z)
+        dz = jnp.where(in_front, -inv_z, 0.0)
+        j_proj = jnp.stack([jnp.stack([fx, zero, fx * cam_pts[:, 0] * dz], -1),
+                            jnp.stack([zero, fy, fy * cam_pts[:, 1] * dz], -1)], 1)
+        scale = jnp.sqrt(weights * rw) / sigma
+        j_lm = jnp.einsum("lij,ljm->lim", (j_proj @ rot) * scale[:, None, None], b)
+        jac = jnp.concatenate([j_pose, j_lm.reshape(2 * n_lm, -1)], axis=1)  # (2L, n)
+        r_prior = prior_diag * (x - x_ref)
+        jtj = jac.T @ jac + jnp.diag(prior_diag * prior_diag)
+        g = jac.T @ r_lm + prior_diag * r_prior
+        cost = 0.5 * (jnp.sum(r_lm * r_lm) + jnp.sum(r_prior * r_prior))
+        return jtj, g, cost
 
     def project_box(x: Array) -> Array:
         p = _unflatten(x, n_id, n_ex)
@@ -342,26 +386,6 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
         if not cfg.estimate_focal:
             p = p._replace(log_focal=jnp.log(f0))
         return _flatten(p)
-
-    def jacobian(x: Array, lin: tuple[Array, Array], rw: Array) -> Array:
-        """Structured Jacobian: forward-mode for the 7 camera/pose parameters, the chain rule
-        (projection Jacobian @ R @ landmark basis) for the K linear coefficients."""
-        j_pose = jax.jacfwd(lambda x7: residual(jnp.concatenate([x7, x[7:]]), lin, rw))(x[:7])
-        p = _unflatten(x, n_id, n_ex)
-        p0, b = lin
-        rot = _rotation(p)
-        cam_pts = (p0 + b @ x[7:]) @ rot.T + p.translation
-        cam = camera_of(p)
-        j_proj = jax.vmap(jax.jacfwd(lambda q: project(cam, q)))(cam_pts)  # (L, 2, 3)
-        scale = jnp.sqrt(weights * rw) / sigma
-        j_lm = jnp.einsum("lij,jk,lkm->lim", j_proj, rot, b) * scale[:, None, None]
-        k = b.shape[-1]
-        prior = jnp.concatenate([jnp.full((n_id,), jnp.sqrt(cfg.lambda_identity)),
-                                 jnp.full((n_ex,), jnp.sqrt(cfg.lambda_expression))])
-        rows = [j_lm.reshape(-1, k), jnp.diag(prior)]
-        if cfg.estimate_focal:
-            rows.append(jnp.zeros((1, k)))
-        return jnp.concatenate([j_pose, jnp.concatenate(rows, axis=0)], axis=1)
 
     # Box-constrained coordinates of the flat parameter vector (blendshape weights in [0, 1]).
     boxed = np.zeros((7 + n_id + n_ex,), bool)
@@ -381,10 +405,9 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
 
         def body(state):
             x, mu, nu, it, cost, _, done = state
-            r = residual(x, lin, rw)
-            jac = jacobian(x, lin, rw) * free[None, :]
-            jtj = jac.T @ jac
-            g = jac.T @ r
+            jtj, g, _ = normal_equations(x, lin, rw)
+            jtj = jtj * free[:, None] * free[None, :]
+            g = g * free
             d = jnp.sqrt(jnp.diag(jtj) + 1e-12)
 
             def solve_rest(fixed: Array, dx_fixed: Array) -> Array:

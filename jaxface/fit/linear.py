@@ -127,9 +127,11 @@ def solve_box_qp(h: Array, g: Array, x0: Array, lower: float = 0.0, upper: float
     n = h.shape[0]
     rho = jnp.maximum(jnp.trace(h) / n, 1e-8)
     eye = jnp.eye(n, dtype=h.dtype)
-    chol = jax.scipy.linalg.cho_factor(h + rho * eye, lower=True)
-    # explicit inverse once: every ADMM step is then a mat-vec (fast under vmap / on GPU)
-    m_inv = jax.scipy.linalg.cho_solve(chol, eye)
+    # explicit inverse once: every ADMM step is then a mat-vec (fast under vmap / on GPU).
+    # By a symmetric eigendecomposition: XLA CPU's batched triangular solve with a matrix
+    # right-hand side (a Cholesky inverse) grew quadratically with the vmapped batch size.
+    lam, vec = jnp.linalg.eigh(h + rho * eye)
+    m_inv = jnp.matmul(vec / lam[None, :], vec.T, precision=_HI)
     z = jnp.clip(x0, lower, upper)
     u = jnp.zeros_like(z)
 
@@ -293,8 +295,10 @@ def _fit_linear(model: MorphableModel, observed: Array, weights: Array, sigma: A
         pts = (cand_mean + jnp.einsum("k,kncd->ncd", a, cand_id, precision=_HI)
                + jnp.einsum("k,kncd->ncd", beta, cand_ex, precision=_HI))
         uv = proj(p, pts)  # (n, C, 2)
-        d = jnp.sum(jnp.square(uv - y[contour_li][:, None, :]), -1)
-        d = jnp.where(contour_valid, d, jnp.inf)
+        diff = uv - y[contour_li][:, None, :]
+        # the two squares summed explicitly: XLA CPU's YNNPACK reduce fusion of this
+        # ``sum(square(.), -1)`` never finished under vmap with batches >= 16 (jax 0.10.2)
+        d = jnp.where(contour_valid, diff[..., 0] ** 2 + diff[..., 1] ** 2, jnp.inf)
         best = jnp.argmin(d, axis=1)
         chosen = jnp.take_along_axis(contour_cand, best[:, None], 1)[:, 0]
         ids = base_ids.at[contour_li].set(jnp.repeat(chosen[:, None], 3, axis=1))

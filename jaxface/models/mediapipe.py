@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -144,3 +145,29 @@ def load_mediapipe(path: PathLike | None = None, *, iris: bool = False,
                       triangles=tri, uv=uv, uv_triangles=uvt,
                       landmarks={f"mediapipe{v}": LandmarkSet.from_vertex_ids(np.arange(v))},
                       regions=regions, units="mm", name=f"mediapipe{v}", source=src)
+
+
+def mirror_permutation(canonical: Any = None, tolerance_mm: float = 0.5) -> np.ndarray:
+    """(468,) left-right twin of every MediaPipe Face Mesh point: ``perm[i]`` is the canonical
+    vertex nearest to vertex ``i`` mirrored at x = 0 (the canonical mesh is symmetric), so
+    point ``i`` of a face is point ``perm[i]`` of its mirror image.
+
+    Args:
+      canonical: (468, 3) or (478, 3) canonical vertices (mm); None loads
+        ``canonical_face_model.obj`` from ``$JAXFACE_DATA``.
+      tolerance_mm: the largest allowed distance of a mirrored vertex to its twin.
+
+    Raises:
+      ModelFormatError: the mesh is not mirror-symmetric within ``tolerance_mm`` or the map is
+        not an involution.
+    """
+    v = np.asarray(load_mediapipe(procrustes=False).mean if canonical is None else canonical,
+                   np.float64)[:468]
+    mirrored = v * np.array([-1.0, 1.0, 1.0])
+    d2 = np.sum((mirrored[:, None, :] - v[None, :, :]) ** 2, axis=-1)
+    perm = np.argmin(d2, axis=1)
+    err = float(np.sqrt(d2[np.arange(len(v)), perm].max()))
+    if err > tolerance_mm or not np.array_equal(perm[perm], np.arange(len(v))):
+        raise ModelFormatError(f"canonical mesh is not left-right symmetric (largest mirror "
+                               f"error {err:.3g} mm)", field="v")
+    return perm.astype(np.int64)

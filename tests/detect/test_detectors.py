@@ -62,7 +62,8 @@ def test_core_imports_without_detector_dependencies():
 
 
 def test_registry():
-    assert set(DETECTORS) == {"mediapipe", "dlib"}
+    assert set(DETECTORS) == {"mediapipe", "dlib", "mediapipe+dlib"}
+    assert get_detector("mediapipe+dlib").name == "mediapipe+dlib"
     assert get_detector("mediapipe").scheme == "ibug68"
     assert get_detector("mediapipe", scheme="mediapipe468").scheme == "mediapipe468"
     with pytest.raises(ValueError, match="unknown detector 'nope'"):
