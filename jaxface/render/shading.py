@@ -49,7 +49,10 @@ attenuation_j``, ``spec_j = max(0, n.h_j)^shininess`` (Blinn, ``h = normalize(l 
 ``max(0, r_j.v)^shininess`` (Phong, ``r = 2 (n.l) n - l``), ``v`` the unit vector from the point to
 the eye. Point lights attenuate with ``1 / (c0 + c1 d + c2 d^2)``.
 
-Gaps: no shadowing / visibility (shadow maps) yet; the SH model has no self-occlusion either.
+Shadows: ``shade_phong(..., visibility=...)`` multiplies each light's diffuse and specular terms
+by a per-point visibility in [0, 1], e.g. from the shadow maps of :mod:`jaxface.render.shadow`.
+
+Gaps: the SH model has no self-occlusion (no visibility term for environment lighting).
 """
 
 from __future__ import annotations
@@ -325,6 +328,7 @@ def shade_phong(
     material: PhongMaterial | None = None,
     ambient: Any = 0.0,
     blinn: bool = True,
+    visibility: Sequence[Any] | None = None,
 ) -> Array:
     """Phong (``blinn=False``) or Blinn-Phong (``blinn=True``) shading, see the module doc.
 
@@ -337,6 +341,9 @@ def shade_phong(
       material: :class:`PhongMaterial`; default: ``k_a = k_d = 1``, no specular.
       ambient: ambient light colour, scalar or (3,).
       blinn: static; half-vector (Blinn) or reflection-vector (Phong) highlights.
+      visibility: optional sequence, one entry per light: None or a (...,) per-point factor in
+        [0, 1] (e.g. :func:`jaxface.render.shadow.shadow_visibility`) multiplying that light's
+        diffuse and specular terms.
     Returns:
       (..., 3) linear RGB (unclamped).
     """
@@ -350,7 +357,10 @@ def shade_phong(
     ka, kd, ks = (_float(a) for a in (material.ambient, material.diffuse, material.specular))
     shin = _float(material.shininess)
     out = jnp.zeros(n.shape[:-1] + (3,), n.dtype) + albedo * ka * _float(ambient)
-    for light in lights:
+    if visibility is not None and len(visibility) != len(lights):
+        raise ValueError(f"visibility needs one entry per light ({len(lights)}), "
+                         f"got {len(visibility)}")
+    for j, light in enumerate(lights):
         if isinstance(light, DirectionalLight):
             l_dir = jnp.broadcast_to(_normalize(_vec3(light.direction, "direction")), n.shape)
             radiance = _float(light.color) * _float(light.intensity)
@@ -367,6 +377,8 @@ def shade_phong(
             raise TypeError(
                 f"lights must be DirectionalLight or PointLight, got {type(light).__name__}"
             )
+        if visibility is not None and visibility[j] is not None:
+            radiance = radiance * _float(visibility[j])[..., None]
         ndotl = jnp.sum(n * l_dir, axis=-1, keepdims=True)
         lit = ndotl > 0
         out = out + albedo * kd * radiance * jnp.maximum(ndotl, 0.0)
