@@ -209,9 +209,9 @@ def _errors(pred: np.ndarray, fitted: np.ndarray, gt: np.ndarray) -> dict[str, f
 def main(argv: list[str] | None = None) -> int:
     def extra(p):
         p.add_argument("--batch", type=int, default=256, help="vmapped batch size")
-        p.add_argument("--linear-chunk", type=int, default=8,
-                       help="vmap chunk of the batched linear fit (larger vmapped batches of "
-                            "fit_linear stalled on the 2-core CPU, see the report)")
+        p.add_argument("--linear-chunk", type=int, default=0,
+                       help="vmap chunk of the batched linear fit (default 0: the whole "
+                            "batch in one call)")
         p.add_argument("--no-eos", action="store_true", help="skip eos")
         p.add_argument("--no-dlib", action="store_true", help="skip the dlib detections")
 
@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     batched = {}
     for meth, fn in jax_methods.items():
         vfn = jax.jit(jax.vmap(fn, in_axes=(None, 0)))
-        chunk = args.batch if meth == "jaxface_nonlinear" else min(args.linear_chunk, args.batch)
+        chunk = (args.batch if meth == "jaxface_nonlinear" or args.linear_chunk <= 0
+                 else min(args.linear_chunk, args.batch))
 
         def run_all(vfn=vfn, chunk=chunk):
             return [vfn(dmodel, batch[i:i + chunk]) for i in range(0, args.batch, chunk)]

@@ -5,7 +5,7 @@ hard rasteriser + interpolate, hard + antialias and the soft path, at 224², 512
 the ICT face region (triangles whose vertices all have id <= 11247) and the full ICT mesh
 (52,220 triangles), batch 1 and 16, plus peak-memory indicators. Writes JSON.
 
-    python benchmarks/bench_render.py --out bench_render.json [--quick]
+    python benchmarks/bench_render.py --out bench_render.json [--quick] [--paths hard+interpolate]
 
 Needs ``$JAXFACE_DATA/ict-facekit/ict_face_model_light.npz``.
 """
@@ -101,45 +101,62 @@ def device_peak_mb() -> float | None:
     return stats["peak_bytes_in_use"] / 2**20
 
 
+PATHS = ["hard+interpolate", "hard+antialias", "soft"]
+# --quick: every path at 224² and 512², batch 1; the hard path also at 1024² (batch 1) and at
+# 224² with batch 16, so that the issue's table has those rows in a run of a few minutes
+QUICK_EXTRA = [("hard+interpolate", 1024, 1), ("hard+interpolate", 224, 16)]
+
+
+def plan(quick: bool, paths: list[str]) -> list[tuple[int, int, str]]:
+    """(size, batch, path) combinations to measure, in order."""
+    if quick:
+        combos = [(s, 1, p) for s in (224, 512) for p in PATHS]
+        combos += [(s, b, p) for p, s, b in QUICK_EXTRA]
+    else:
+        combos = [(s, b, p) for s in (224, 512, 1024) for b in (1, 16) for p in PATHS]
+    return [c for c in combos if c[2] in paths]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON output path")
-    ap.add_argument("--quick", action="store_true", help="reduced run (224² and 512², batch 1)")
+    ap.add_argument("--quick", action="store_true",
+                    help="reduced run (224² and 512² batch 1; hard path also 1024² and batch 16)")
+    ap.add_argument("--paths", nargs="+", choices=PATHS, default=PATHS,
+                    help="render paths to measure (default: all)")
+    ap.add_argument("--meshes", nargs="+", choices=["ict_face", "ict_full"],
+                    default=["ict_face", "ict_full"], help="meshes to measure (default: both)")
     args = ap.parse_args(argv)
     meshes = load_meshes()
-    sizes = [224, 512] if args.quick else [224, 512, 1024]
-    batches = [1] if args.quick else [1, 16]
-    paths = ["hard+interpolate", "hard+antialias", "soft"]
     results = []
-    for mesh_name, (v, f) in meshes.items():
-        for s in sizes:
+    for mesh_name in args.meshes:
+        v, f = meshes[mesh_name]
+        for s, batch, path in plan(args.quick, args.paths):
             size = (s, s)
             sv1 = fit_to_image(v, size)
-            for batch in batches:
-                jitter = np.random.default_rng(1).normal(0, 0.3, (batch, *sv1.shape))
-                svb = jnp.asarray((sv1[None] + jitter).astype(np.float32))
-                x = svb[0] if batch == 1 else svb
-                for path in paths:
-                    if path == "soft" and batch > 1 and s > 512:
-                        results.append({"mesh": mesh_name, "size": s, "batch": batch,
-                                        "path": path, "skipped": "too slow for a CPU run"})
-                        continue
-                    fwd, fb = make_path(path, f, size, v.shape[0])
-                    rss0 = maxrss_mb()
-                    t_f, n_f = timeit(fwd, x, 0.5, 20)
-                    t_b, n_b = timeit(fb, x, 0.5, 20)
-                    row = {
-                        "mesh": mesh_name, "triangles": int(f.shape[0]), "size": s,
-                        "batch": batch, "path": path,
-                        "forward_ms_per_image": 1e3 * t_f / batch,
-                        "forward_backward_ms_per_image": 1e3 * t_b / batch,
-                        "reps": [n_f, n_b],
-                        "maxrss_delta_mb": maxrss_mb() - rss0,
-                        "maxrss_mb": maxrss_mb(),
-                        "device_peak_mb": device_peak_mb(),
-                    }
-                    results.append(row)
-                    print(json.dumps(row), flush=True)
+            jitter = np.random.default_rng(1).normal(0, 0.3, (batch, *sv1.shape))
+            svb = jnp.asarray((sv1[None] + jitter).astype(np.float32))
+            x = svb[0] if batch == 1 else svb
+            if path == "soft" and batch > 1 and s > 512:
+                results.append({"mesh": mesh_name, "size": s, "batch": batch,
+                                "path": path, "skipped": "too slow for a CPU run"})
+                continue
+            fwd, fb = make_path(path, f, size, v.shape[0])
+            rss0 = maxrss_mb()
+            t_f, n_f = timeit(fwd, x, 0.5, 20)
+            t_b, n_b = timeit(fb, x, 0.5, 20)
+            row = {
+                "mesh": mesh_name, "triangles": int(f.shape[0]), "size": s,
+                "batch": batch, "path": path,
+                "forward_ms_per_image": 1e3 * t_f / batch,
+                "forward_backward_ms_per_image": 1e3 * t_b / batch,
+                "reps": [n_f, n_b],
+                "maxrss_delta_mb": maxrss_mb() - rss0,
+                "maxrss_mb": maxrss_mb(),
+                "device_peak_mb": device_peak_mb(),
+            }
+            results.append(row)
+            print(json.dumps(row), flush=True)
     dev = jax.devices()[0]
     out = {
         "benchmark": "render",

@@ -14,10 +14,15 @@ def _interp_single(attr: jax.Array, tid: jax.Array, bary: jax.Array, tri: jax.Ar
     nf = tri.shape[0]
     c = attr.shape[-1]
     table = attr[tri].reshape(nf, 3 * c)  # per-triangle rows: one gather per pixel
-    covered = tid >= 0
-    rows = table[jnp.where(covered, tid, 0)].reshape(*tid.shape, 3, c)
-    out = jnp.einsum("hwk,hwkc->hwc", bary, rows)
-    return jnp.where(covered[..., None], out, jnp.zeros((), out.dtype))
+    # background pixels read an out-of-range row: zeros forward, dropped in the backward scatter
+    idx = jnp.where(tid >= 0, tid, nf)
+    rows = jnp.take(table, idx, axis=0, mode="fill", fill_value=0)
+    b0, b1, b2 = bary[..., 0], bary[..., 1], bary[..., 2]
+    # per-channel planes: no broadcast over a short axis, whose transpose (a reduction over
+    # that axis) is very slow on XLA:CPU
+    out = jnp.stack([b0 * rows[..., k] + b1 * rows[..., c + k] + b2 * rows[..., 2 * c + k]
+                     for k in range(c)], axis=-1)
+    return jnp.where((tid >= 0)[..., None], out, jnp.zeros((), out.dtype))
 
 
 def interpolate(attributes: jax.Array, fragments: Fragments, triangles: jax.Array) -> jax.Array:

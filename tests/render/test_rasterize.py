@@ -215,3 +215,79 @@ def test_no_nan_gradients_in_degenerate_cases():
         gv, gw = grad(jnp.asarray(v), jnp.ones(6))
         assert np.isfinite(np.asarray(gv)).all() and np.isfinite(np.asarray(gw)).all(), name
         assert np.isfinite(np.asarray(grad_now(jnp.asarray(v)))).all(), name
+
+
+def test_equal_depth_ties_go_to_the_smallest_id_whatever_the_order_and_chunking(rng):
+    # every triangle twice with bitwise-identical vertices (so bitwise-equal depths), the copies
+    # shuffled: each pixel must show the copy with the smaller index, for any chunk/tile split
+    v, f = random_mesh(rng, n_faces=40)
+    ids0 = np.asarray(rasterize(v, f, (40, 56)).triangle_id)
+    perm = rng.permutation(len(f))
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(len(f))
+    f2 = np.concatenate([f[perm], f])  # triangle j sits at inv[j] and at len(f) + j
+    expected = np.where(ids0 >= 0, inv[np.maximum(ids0, 0)], -1)
+    assert (expected >= 0).sum() > 500
+    for tile, chunk in [(2, None), (1, 7), (3, 2)]:
+        ids = np.asarray(rasterize(v, f2, (40, 56), tile=tile, fragment_chunk=chunk).triangle_id)
+        np.testing.assert_array_equal(ids, expected)
+    # the reversed concatenation: now the second block's copies have the smaller ids
+    f3 = np.concatenate([f, f[perm]])
+    ids = np.asarray(rasterize(v, f3, (40, 56), fragment_chunk=5).triangle_id)
+    np.testing.assert_array_equal(ids, ids0)
+
+
+def _bary_autodiff_reference(sv, tri, tid, w=None):
+    """The earlier (H, W, 3)-array formulation of barycentric_from_ids, kept as a reference."""
+    h, wd = tid.shape
+    covered = tid >= 0
+    t = jnp.where(covered, tid, 0)
+    p = sv[tri][t]  # (H, W, 3, 3)
+    x, y, z = p[..., 0], p[..., 1], p[..., 2]
+    py, px = jnp.meshgrid(jnp.arange(h, dtype=p.dtype) + 0.5, jnp.arange(wd, dtype=p.dtype) + 0.5,
+                          indexing="ij")
+    x0, x1, x2 = x[..., 0], x[..., 1], x[..., 2]
+    y0, y1, y2 = y[..., 0], y[..., 1], y[..., 2]
+    e = jnp.stack([(x2 - x1) * (py - y1) - (y2 - y1) * (px - x1),
+                   (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2),
+                   (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)], -1)
+    if w is not None:
+        wv = w[tri][t]
+        e = e / jnp.where(covered[..., None] & (wv != 0), wv, 1.0)
+    den = jnp.sum(e, -1, keepdims=True)
+    good = covered[..., None] & (den != 0)
+    bary = jnp.where(good, e / jnp.where(good, den, 1.0), 0.0)
+    depth = jnp.where(covered, jnp.sum(bary * z, -1), jnp.inf)
+    return bary, depth
+
+
+def test_barycentric_values_and_gradients_match_reference_formulation(rng):
+    from jaxface.render.rasterize import barycentric_from_ids
+    v, f = random_mesh(rng, n_faces=30)
+    wv = rng.uniform(0.5, 3.0, v.shape[0])
+    tid = jnp.asarray(rasterize(v, f, (40, 56)).triangle_id)
+    with jax.enable_x64(True):
+        r = np.random.default_rng(3)
+        gb = jnp.asarray(r.normal(size=(40, 56, 3)))
+        gd = jnp.asarray(r.normal(size=(40, 56)))
+        vv, ww = jnp.asarray(v, jnp.float64), jnp.asarray(wv)
+
+        def loss(fn, sv, w):
+            b, d = fn(sv, jnp.asarray(f), tid, w)
+            return jnp.sum(b * gb) + jnp.sum(jnp.where(tid >= 0, d, 0.0) * gd)
+
+        for w in (None, ww):
+            argnums = (0,) if w is None else (0, 1)
+            got = jax.grad(lambda s, w_: loss(barycentric_from_ids, s, w_), argnums)(vv, w)
+            ref = jax.grad(lambda s, w_: loss(_bary_autodiff_reference, s, w_), argnums)(vv, w)
+            b1, d1 = barycentric_from_ids(vv, jnp.asarray(f), tid, w)
+            b2, d2 = _bary_autodiff_reference(vv, jnp.asarray(f), tid, w)
+            np.testing.assert_allclose(b1, b2, rtol=1e-12, atol=1e-12)
+            np.testing.assert_array_equal(np.isinf(d1), np.isinf(d2))
+            for g1, g2 in zip(got, ref, strict=True):
+                assert float(jnp.max(jnp.abs(g2))) > 0
+                np.testing.assert_allclose(g1, g2, rtol=1e-9, atol=1e-9)
+            # forward mode works too (e.g. jacfwd in Gauss-Newton fits) and agrees
+            dv = jnp.asarray(r.normal(size=v.shape))
+            _, jv = jax.jvp(lambda s, w_=w: loss(barycentric_from_ids, s, w_), (vv,), (dv,))
+            np.testing.assert_allclose(jv, jnp.sum(got[0] * dv), rtol=1e-9)
