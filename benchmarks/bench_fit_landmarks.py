@@ -206,12 +206,58 @@ def _errors(pred: np.ndarray, fitted: np.ndarray, gt: np.ndarray) -> dict[str, f
                 / np.sqrt(np.prod(gt.max(0) - gt.min(0))))}
 
 
+def _batched_child(meth: str, lms: np.ndarray, image_size: tuple[int, int], batch: int,
+                   chunk: int, repeat: int, queue) -> None:
+    """Time one vmapped jaxface method (a child process: see ``_batched_with_watchdog``)."""
+    model = jax.device_put(_face_model()[0])
+    y = jnp.asarray(lms, jnp.float32)
+    if meth == "jaxface_nonlinear":
+        fn = jax.jit(jax.vmap(lambda m, v: fit_landmarks(m, v, image_size), in_axes=(None, 0)))
+    else:
+        fn = jax.jit(jax.vmap(lambda m, v: fit_linear(m, v, image_size, n_iterations=N_ITER),
+                              in_axes=(None, 0)))
+
+    def run_all():
+        return [jax.block_until_ready(fn(model, y[i:i + chunk])) for i in range(0, batch, chunk)]
+
+    run_all()
+    queue.put(_median_time(run_all, repeat))
+
+
+def _batched_with_watchdog(meth: str, lms: np.ndarray, image_size: tuple[int, int], batch: int,
+                           chunk: int, repeat: int, timeout: float) -> float | None:
+    """Seconds for the whole batch, measured in a child process that is killed after
+    ``timeout`` seconds: repeated calls of the wide vmapped ``fit_linear`` now and then never
+    returned on the 2-core CPU (jax 0.10.2; every XLA worker thread idle, the caller waiting
+    for its buffers), and a hung benchmark must still write its JSON."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_batched_child,
+                       args=(meth, lms, image_size, batch, chunk, repeat, queue))
+    proc.start()
+    try:
+        return float(queue.get(timeout=timeout))
+    except Exception:  # queue.Empty: timed out (or the child died)
+        return None
+    finally:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
 def main(argv: list[str] | None = None) -> int:
     def extra(p):
         p.add_argument("--batch", type=int, default=256, help="vmapped batch size")
-        p.add_argument("--linear-chunk", type=int, default=0,
-                       help="vmap chunk of the batched linear fit (default 0: the whole "
-                            "batch in one call)")
+        p.add_argument("--linear-chunk", type=int, default=64,
+                       help="vmap chunk of the batched linear fit (0: the whole batch in one "
+                            "call; repeated calls of the 256-wide vmapped fit_linear hung now "
+                            "and then inside XLA:CPU's runtime on the 2-core machine, jax "
+                            "0.10.2, every worker thread idle)")
+        p.add_argument("--batch-timeout", type=float, default=600.0,
+                       help="seconds before a batched timing's child process is killed")
         p.add_argument("--no-eos", action="store_true", help="skip eos")
         p.add_argument("--no-dlib", action="store_true", help="skip the dlib detections")
 
@@ -273,17 +319,18 @@ def main(argv: list[str] | None = None) -> int:
     all_lms = np.stack([lms for src in sources.values() for lms in src.values()])
     reps = -(-args.batch // len(all_lms))
     batch = jnp.asarray(np.concatenate([all_lms] * reps)[:args.batch], jnp.float32)
-    batched = {}
-    for meth, fn in jax_methods.items():
-        vfn = jax.jit(jax.vmap(fn, in_axes=(None, 0)))
+    batched: dict[str, float] = {}
+    batched_hung: list[str] = []
+    for meth in jax_methods:
         chunk = (args.batch if meth == "jaxface_nonlinear" or args.linear_chunk <= 0
                  else min(args.linear_chunk, args.batch))
-
-        def run_all(vfn=vfn, chunk=chunk):
-            return [vfn(dmodel, batch[i:i + chunk]) for i in range(0, args.batch, chunk)]
-
-        jax.block_until_ready(run_all())
-        t = _median_time(run_all, max(2, repeat // 3))
+        t = _batched_with_watchdog(meth, np.asarray(batch), image_size, args.batch, chunk,
+                                   max(2, repeat // 3), args.batch_timeout)
+        if t is None:
+            batched_hung.append(meth)
+            print(f"[{time.perf_counter() - t_start:6.0f} s] {meth} batched x{args.batch}: no "
+                  f"result within {args.batch_timeout} s (killed)", file=sys.stderr, flush=True)
+            continue
         batched[meth] = t / args.batch
         print(f"[{time.perf_counter() - t_start:6.0f} s] {meth} batched x{args.batch} "
               f"(vmap chunks of {chunk}): {1e3 * batched[meth]:.2f} ms per image",
@@ -316,16 +363,23 @@ def main(argv: list[str] | None = None) -> int:
                "batch": args.batch, "model": {"name": model.name, "n_vertices": model.n_vertices,
                                                "n_identity": model.n_identity,
                                                "n_expression": model.n_expression},
-               "dlib_no_face": missed, "seconds_per_image": seconds, "nme": nme_by,
+               "dlib_no_face": missed, "batched_timed_out": batched_hung,
+               "seconds_per_image": seconds, "nme": nme_by,
                "methods": summary, "per_image": per_image}
     if eosf is not None:
         eos_best = min(("eos_fixed", "eos_contour"), key=lambda m: seconds[m])
         payload["eos_ms_per_image"] = 1e3 * seconds[eos_best]
         payload["eos_fastest_mode"] = eos_best
-        payload["jaxface_ms_per_image"] = 1e3 * batched["jaxface_nonlinear"]
-        payload["jaxface_linear_ms_per_image"] = 1e3 * batched["jaxface_linear"]
-        payload["speedup_vs_eos"] = seconds[eos_best] / batched["jaxface_nonlinear"]
-        payload["speedup_vs_eos_linear"] = seconds[eos_best] / batched["jaxface_linear"]
+        def batched_ms(m):
+            return 1e3 * batched[m] if m in batched else None
+
+        def speedup(m):
+            return seconds[eos_best] / batched[m] if m in batched else None
+
+        payload["jaxface_ms_per_image"] = batched_ms("jaxface_nonlinear")
+        payload["jaxface_linear_ms_per_image"] = batched_ms("jaxface_linear")
+        payload["speedup_vs_eos"] = speedup("jaxface_nonlinear")
+        payload["speedup_vs_eos_linear"] = speedup("jaxface_linear")
         payload["speedup_vs_eos_single"] = seconds[eos_best] / seconds["jaxface_nonlinear"]
     else:
         payload["eos_error"] = eos_error or "skipped (--no-eos)"

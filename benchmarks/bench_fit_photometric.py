@@ -5,8 +5,10 @@
 Data: Generate & Render faces (:mod:`jaxface.eval.synthetic`) at 224 x 224 (random identity,
 expression, pose, SH light, harmonic albedo, smooth background; seeds 0..N-1).
 
-* ``seconds_per_image``: one full photometric fit (default ``PhotometricConfig``: 128 px
-  working crop, 3-level residual pyramid, 3 linear rounds, 100 Adam steps) from a landmark fit,
+* ``seconds_per_image``: one full photometric fit (default ``PhotometricConfig``: 96 px
+  working crop, 55 Adam steps of which the first ``coarse_steps`` = 30 at 48 px, 3-level
+  residual pyramid, 3 linear rounds; ``steps`` and ``coarse_steps`` are in the row) from a
+  landmark fit,
   jit-warm, median over repeats (landmark fit not included; ``landmark_seconds_per_image``
   reports it).
 * ``batched_seconds_per_image``: the same fit ``jax.vmap``-ed over ``--batch`` images, per image.
@@ -70,6 +72,7 @@ def main(argv=None) -> None:
         "image_size": list(size),
         "working_size": cfg.size,
         "steps": cfg.steps,
+        "coarse_steps": cfg.coarse_steps,
         "mode": cfg.mode,
         "seconds_per_image": t_single.median,
         "batched_seconds_per_image": t_batch.median / args.batch,

@@ -14,6 +14,7 @@ from jaxface.fit.photometric import (
     PhotometricConfig,
     PhotometricResult,
     fit_photometric,
+    gradient_correlation,
     photometric_result_to_json,
 )
 from jaxface.fit.results import result_to_json
@@ -27,6 +28,7 @@ __all__ = [
     "albedo_model",
     "albedo_vertices",
     "fit_photometric",
+    "gradient_correlation",
     "LinearFitResult",
     "fit_linear",
     "linear_to_perspective_init",

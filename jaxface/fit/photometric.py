@@ -15,6 +15,10 @@ making the rendered face match the photo through the differentiable renderer:
   the face have zero residual and silhouette pixels (``mode="antialias"``) give edge gradients.
   ``N_0 = size^2 / 2`` (the crop is fitted to the face, so about the face's pixel count), a
   constant. Coarser pyramid levels add the same term on 2^l-pooled images.
+  ``image_error="gradient"`` replaces it by ``lambda_gradient (1 - GC)``, the gradient
+  correlation :func:`gradient_correlation` of render and photo over the rendered face pixels
+  (insensitive to a per-channel gain and offset of the colours); ``"color+gradient"`` adds
+  the two.
 * ``E_lmk = sum_i w_i |pi(R S_i + t) - y_i|^2 / sigma^2 / sum_i w_i``, ``sigma`` the landmark
   noise of :func:`jaxface.fit.landmarks.fit_landmarks` (contour landmarks keep the vertices the
   landmark fit matched them to).
@@ -28,13 +32,15 @@ one size):
    resampled (area-antialiased bilinear) to the working size; the camera intrinsics follow
    the crop and scale.
 2. Stage A: SH lighting (9 x 3) and albedo coefficients by alternating weighted linear least
-   squares given the init geometry over the visible face pixels (``linear_rounds`` rounds,
-   Geman-McClure IRLS weights).
+   squares given the init geometry over the visible face pixels of the first level
+   (``linear_rounds`` rounds, Geman-McClure IRLS weights; 9 x 9 and K x K normal equations).
 3. Stage B: Adam (optax) on pose (rotation increment as axis-angle, translation), identity,
-   expression, albedo coefficients and SH, coarse to fine: ``E_I`` is summed over an image
-   pyramid (render and photo average-pooled 2x, 4x, ...) whose coarse levels' weight fades to 0
-   over the steps. The render itself happens once per step at the working size, so the
-   whole loop compiles one differentiable render.
+   expression, albedo coefficients and SH, coarse to fine: the first ``coarse_steps`` steps
+   render at ``size // 2`` (a step there costs about a fifth of one at ``size``), the rest
+   at ``size``; at each working size ``E_I`` is summed over an image pyramid (render and photo
+   average-pooled 2x, 4x, ...) whose coarse levels' weight fades to 0 over the steps. The
+   step size decays linearly from ``learning_rate`` to ``final_lr_fraction`` times it. One
+   differentiable render is compiled per working size.
 
 The focal length stays that of the init fit.
 """
@@ -42,6 +48,7 @@ The focal length stays that of the init fit.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -57,7 +64,7 @@ from jaxface.geometry import axis_angle_to_matrix
 from jaxface.models.morphable import MorphableModel, restrict, vertices
 from jaxface.render.antialias import edge_neighbors
 from jaxface.render.pipeline import render_mesh
-from jaxface.render.shading import fit_sh_lstsq, sh_ambient, sh_shading
+from jaxface.render.shading import irradiance_basis, sh_ambient
 
 Array = jax.Array
 
@@ -66,6 +73,7 @@ __all__ = [
     "PhotometricResult",
     "face_submodel",
     "fit_photometric",
+    "gradient_correlation",
     "photometric_result_to_json",
 ]
 
@@ -77,20 +85,26 @@ class PhotometricConfig:
     Static (changing one recompiles): ``size`` (working resolution of the square face crop, in
     pixels), ``pyramid`` (levels of the residual pyramid: 2^l average-pooled copies of render
     and photo, whose weight fades from 1 to 0 over the steps: coarse to fine), ``steps`` (Adam
-    steps), ``mode`` (``"antialias"`` or ``"hard"``),
-    ``region`` (model region rendered, None for the whole model), ``n_harmonics``,
-    ``n_identity``, ``linear_rounds``. The weights are pytree leaves (no recompilation).
+    steps in all), ``coarse_steps`` (how many of them render at ``size // 2``, first),
+    ``mode`` (``"antialias"`` or ``"hard"``), ``region`` (model region rendered, None for the
+    whole model), ``n_harmonics``, ``n_identity``, ``linear_rounds``, ``image_error``
+    (``"color"``, ``"gradient"`` or ``"color+gradient"``, see the module doc). The weights,
+    ``learning_rate`` and ``final_lr_fraction`` (the step size decays linearly to this
+    fraction of ``learning_rate`` by the last step) are pytree leaves (no recompilation).
     """
 
-    size: int = static_field(default=128)
+    size: int = static_field(default=96)
     pyramid: int = static_field(default=3)
-    steps: int = static_field(default=100)
+    steps: int = static_field(default=55)
     mode: str = static_field(default="antialias")
     region: str | None = static_field(default="narrow_face")
     n_harmonics: int = static_field(default=16)
     n_identity: int | None = static_field(default=None)
     linear_rounds: int = static_field(default=3)
+    coarse_steps: int = static_field(default=30)
+    image_error: str = static_field(default="color")
     learning_rate: Any = 0.05
+    final_lr_fraction: Any = 1.0
     crop_margin: Any = 1.15
     robust_scale: Any = 0.15
     lambda_photo: Any = 1.0
@@ -99,6 +113,7 @@ class PhotometricConfig:
     lambda_expression: Any = 2e-4
     lambda_albedo: Any = 2e-4
     sh_regularization: Any = 1e-3
+    lambda_gradient: Any = 1.0
 
 
 @pytree_dataclass
@@ -148,6 +163,8 @@ class PhotometricResult:
         return FitResult(**{f.name: getattr(self, f.name)
                             for f in dataclasses.fields(FitResult)})
 
+
+_IMAGE_ERRORS = ("color", "gradient", "color+gradient")
 
 _SUBMODELS: dict[tuple[int, str | None], tuple[Any, MorphableModel, np.ndarray]] = {}
 
@@ -207,12 +224,16 @@ def fit_photometric(model: MorphableModel, image: Any, init: FitResult, landmark
         cfg = dataclasses.replace(cfg, **overrides)
     if cfg.mode not in ("hard", "antialias"):
         raise ValueError(f"mode must be 'hard' or 'antialias', got {cfg.mode!r}")
+    if cfg.image_error not in _IMAGE_ERRORS:
+        raise ValueError(f"image_error must be one of {_IMAGE_ERRORS}, got {cfg.image_error!r}")
     if int(cfg.size) < 16 or int(cfg.steps) < 2 or int(cfg.pyramid) < 1:
         raise ValueError(f"need size >= 16 px, steps >= 2 and pyramid >= 1, got size={cfg.size}, "
                          f"steps={cfg.steps}, pyramid={cfg.pyramid}")
-    if cfg.size % (2 ** (cfg.pyramid - 1)):
-        raise ValueError(f"size {cfg.size} must be divisible by 2^(pyramid - 1) = "
-                         f"{2 ** (cfg.pyramid - 1)}")
+    for lsize, _ in _levels(cfg):
+        if lsize % (2 ** (cfg.pyramid - 1)) or lsize < 16:
+            raise ValueError(f"working size {lsize} (size={cfg.size}, coarse level size // 2 "
+                             f"when coarse_steps > 0) must be >= 16 and divisible by "
+                             f"2^(pyramid - 1) = {2 ** (cfg.pyramid - 1)}")
     image = jnp.asarray(image, jnp.float32)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"image must have shape (H, W, 3), got {tuple(image.shape)}")
@@ -237,7 +258,7 @@ def fit_photometric(model: MorphableModel, image: Any, init: FitResult, landmark
     if am.n_vertices != sub.n_vertices:
         raise ValueError(f"albedo model has {am.n_vertices} vertices, the fitted region "
                          f"{sub.n_vertices}")
-    nbr = jnp.asarray(_neighbors(sub))
+    mesh = _mesh(sub)
     lm = model.landmarks[landmark_set]
     # contour landmarks keep the vertex the landmark fit matched them to
     vid = jnp.asarray(init.landmark_vertex_ids, jnp.int32)
@@ -246,7 +267,7 @@ def fit_photometric(model: MorphableModel, image: Any, init: FitResult, landmark
     lm_w = jnp.where(vid[:, None] >= 0, jnp.array([1.0, 0.0, 0.0]), base_w)
     n_id = model.n_identity if cfg.n_identity is None else min(cfg.n_identity, model.n_identity)
     lin = _landmark_basis(model, n_id, lm_ids, lm_w)
-    res = _fit(sub, am, nbr, lin, image, init, observed, weights, cfg)
+    res = _fit(sub, am, mesh, lin, image, init, observed, weights, cfg)
     # scatter the region's albedo into the whole model
     full_alb = jnp.broadcast_to(jnp.mean(jnp.asarray(am.mean, jnp.float32), 0),
                                 (model.n_vertices, 3))
@@ -255,15 +276,29 @@ def fit_photometric(model: MorphableModel, image: Any, init: FitResult, landmark
     return dataclasses.replace(res, albedo=full_alb, identity=ident)
 
 
-_NEIGHBORS: dict[int, tuple[Any, np.ndarray]] = {}
+class _Mesh:
+    """The rendered region's triangles and edge neighbours as host arrays.
+
+    A static argument of the compiled fit (hashed by identity; one per cached sub-model), so
+    that the renderer's index gathers and scatters see constant indices.
+    """
+
+    def __init__(self, triangles: np.ndarray, neighbors: np.ndarray) -> None:
+        self.triangles = triangles
+        self.neighbors = neighbors
 
 
-def _neighbors(sub: MorphableModel) -> np.ndarray:
-    hit = _NEIGHBORS.get(id(sub))
+_MESHES: dict[int, tuple[Any, _Mesh]] = {}
+
+
+def _mesh(sub: MorphableModel) -> _Mesh:
+    hit = _MESHES.get(id(sub))
     if hit is None or hit[0] is not sub:
-        _NEIGHBORS.clear()
-        hit = (sub, edge_neighbors(np.asarray(sub.triangles)))
-        _NEIGHBORS[id(sub)] = hit
+        if len(_MESHES) > 8:
+            _MESHES.clear()
+        tri = np.ascontiguousarray(np.asarray(sub.triangles), np.int32)
+        hit = (sub, _Mesh(tri, edge_neighbors(tri).astype(np.int32)))
+        _MESHES[id(sub)] = hit
     return hit[1]
 
 
@@ -298,9 +333,61 @@ def _level_view(image: Array, camera: PerspectiveCamera, box: Array, size: int
 def _pixel_attr(attr: Array, tid: Array, bary: Array, tri: Array) -> Array:
     """Interpolate (V, C) vertex attributes at the pixels of a hard rasterisation."""
     covered = tid >= 0
+    tri = jnp.asarray(tri)
     rows = attr[tri[jnp.where(covered, tid, 0)]]  # (H, W, 3, C)
     out = jnp.einsum("hwk,hwkc->hwc", bary, rows)
     return jnp.where(covered[..., None], out, 0.0)
+
+
+def gradient_correlation(a: Any, b: Any, weights: Any = None, eps: float = 1e-8) -> Array:
+    """Gradient correlation of two images (Penney et al. 1998), optionally weighted.
+
+    The mean, over the two directions (forward differences along rows and columns) and the
+    channels, of the weighted normalised cross-correlation of the two images' gradients:
+    ``GC = mean_{d, c} sum w (g_a - mu_a)(g_b - mu_b) / sqrt(sum w (g_a - mu_a)^2
+    sum w (g_b - mu_b)^2 + eps)`` with ``mu`` the weighted means. A difference between pixels
+    ``p`` and ``q`` has weight ``max(w_p, w_q)``. Invariant to a per-channel gain and offset of
+    either image; 1 for equal images.
+
+    Args:
+      a, b: (H, W, C) images.
+      weights: (H, W) non-negative pixel weights (e.g. the rendered face's coverage), or None
+        for all ones.
+      eps: added under the square root (flat images give 0, not NaN).
+
+    Returns:
+      () correlation in [-1, 1].
+    """
+    dt = jnp.promote_types(jnp.result_type(a, b), jnp.float32)
+    a = jnp.asarray(a, dt)
+    b = jnp.asarray(b, dt)
+    w = jnp.ones(a.shape[:2], a.dtype) if weights is None else jnp.asarray(weights, a.dtype)
+    out = []
+    for axis in (0, 1):
+        n = a.shape[axis]
+
+        def d(x, axis=axis, n=n):
+            return (jax.lax.slice_in_dim(x, 1, n, axis=axis)
+                    - jax.lax.slice_in_dim(x, 0, n - 1, axis=axis))
+
+        wp = jnp.maximum(jax.lax.slice_in_dim(w, 1, n, axis=axis),
+                         jax.lax.slice_in_dim(w, 0, n - 1, axis=axis))[..., None]
+        ga, gb = d(a), d(b)
+        ws = jnp.maximum(jnp.sum(wp), 1e-12)
+        ga = ga - jnp.sum(wp * ga, (0, 1)) / ws
+        gb = gb - jnp.sum(wp * gb, (0, 1)) / ws
+        cov = jnp.sum(wp * ga * gb, (0, 1))
+        var = jnp.sum(wp * ga * ga, (0, 1)) * jnp.sum(wp * gb * gb, (0, 1))
+        out.append(cov / jnp.sqrt(var + eps))
+    return jnp.mean(jnp.stack(out))
+
+
+def _levels(cfg: PhotometricConfig) -> list[tuple[int, int]]:
+    """Stage B's (working size, Adam steps) per level: ``coarse_steps`` at ``size // 2``,
+    then the rest at ``size``."""
+    coarse = min(int(cfg.coarse_steps), int(cfg.steps) - 1)
+    out = [(int(cfg.size) // 2, coarse)] if coarse > 0 else []
+    return out + [(int(cfg.size), int(cfg.steps) - coarse)]
 
 
 def _pyramid(image: Array, levels: int) -> list[Array]:
@@ -313,58 +400,85 @@ def _pyramid(image: Array, levels: int) -> list[Array]:
     return out
 
 
-def _linear_stage(sub: MorphableModel, am: AlbedoModel, verts_cam: Array,
+def _sh_solve(alb_px: Array, irr: Array, target: Array, weights: Array, reg: Any) -> Array:
+    """Weighted least-squares SH light per colour channel by the 9 x 9 normal equations.
+
+    Minimises ``sum_p w_p |alb_p * (irr_p @ sh) - target_p|^2 + reg |sh|^2`` (what
+    :func:`jaxface.render.shading.fit_sh_lstsq` solves by SVD, here as three 9 x 9 solves).
+
+    Args:
+      alb_px: (P, 3) albedo; irr: (P, 9) irradiance basis; target: (P, 3); weights: (P,).
+      reg: Tikhonov weight.
+
+    Returns:
+      (9, 3) SH coefficients.
+    """
+    hi = jax.lax.Precision.HIGHEST
+    wa = alb_px * weights[:, None]  # (P, 3)
+    gram = jnp.einsum("pc,pk,pl->ckl", wa * alb_px, irr, irr, precision=hi)
+    rhs = jnp.einsum("pc,pk->ck", wa * target, irr, precision=hi)
+    gram = gram + reg * jnp.eye(9, dtype=gram.dtype)
+    return jnp.linalg.solve(gram, rhs[..., None])[..., 0].T
+
+
+def _linear_stage(mesh: _Mesh, am: AlbedoModel, verts_cam: Array,
                   cam: PerspectiveCamera, target: Array, size: int, cfg: PhotometricConfig
                   ) -> tuple[Array, Array]:
-    """Stage A: alternate SH and albedo-coefficient least squares. Returns (sh, coeffs)."""
-    tri = jnp.asarray(sub.triangles, jnp.int32)
+    """Stage A: alternate SH and albedo-coefficient least squares. Returns (sh, coeffs).
+
+    Works on the covered pixels of a hard render at ``size`` x ``size`` (flattened to P
+    pixels); every solve is a small normal-equation system (9 x 9 per channel for the light,
+    K x K for the albedo).
+    """
+    hi = jax.lax.Precision.HIGHEST
+    tri = mesh.triangles
     out = render_mesh(verts_cam, tri, cam, (size, size), mode="hard")
-    covered = (out.triangle_id >= 0).astype(jnp.float32)
+    p = size * size
+    covered = (out.triangle_id >= 0).astype(jnp.float32).reshape(p)
     k = am.n_coefficients
     mean_px = _pixel_attr(jnp.asarray(am.mean, jnp.float32), out.triangle_id, out.barycentric,
-                          tri)
+                          tri).reshape(p, 3)
     basis_vc = jnp.transpose(jnp.asarray(am.basis, jnp.float32), (1, 0, 2)).reshape(-1, k * 3)
-    basis_px = _pixel_attr(basis_vc, out.triangle_id, out.barycentric, tri).reshape(
-        size, size, k, 3)
-    normals = out.normals
+    basis_px = _pixel_attr(basis_vc, out.triangle_id, out.barycentric, tri).reshape(p, k, 3)
+    irr = irradiance_basis(out.normals).reshape(p, 9)
+    tgt = target.reshape(p, 3)
     s = cfg.robust_scale
     inv_var = 1.0 / jnp.square(jnp.asarray(am.std, jnp.float32))
+    n_eff = jnp.maximum(jnp.sum(covered), 1.0)
+
+    def albedo_px(coeffs):
+        return mean_px + jnp.einsum("pkc,k->pc", basis_px, coeffs, precision=hi)
 
     def round_(carry, _):
         coeffs, w = carry
-        alb_px = mean_px + jnp.einsum("hwkc,k->hwc", basis_px, coeffs)
-        sh = fit_sh_lstsq(alb_px, normals, target, weights=w * covered,
-                          regularization=cfg.sh_regularization)
-        shade = sh_shading(normals, sh)  # (H, W, 3)
-        a = (basis_px * shade[:, :, None, :]).transpose(0, 1, 3, 2).reshape(-1, k)
-        b = (target - mean_px * shade).reshape(-1)
-        pw = jnp.repeat((w * covered).reshape(-1), 3)
-        n_eff = jnp.maximum(jnp.sum(covered), 1.0)
-        lhs = (a.T * pw) @ a / n_eff + cfg.lambda_albedo * jnp.diag(inv_var) / 3.0
-        rhs = (a.T * pw) @ b / n_eff
+        pw = w * covered
+        sh = _sh_solve(albedo_px(coeffs), irr, tgt, pw, cfg.sh_regularization)
+        shade = jnp.matmul(irr, sh, precision=hi)  # (P, 3)
+        a = basis_px * shade[:, None, :]  # (P, K, 3)
+        b = tgt - mean_px * shade
+        lhs = jnp.einsum("pkc,plc,p->kl", a, a, pw, precision=hi) / n_eff \
+            + cfg.lambda_albedo * jnp.diag(inv_var) / 3.0
+        rhs = jnp.einsum("pkc,pc,p->k", a, b, pw, precision=hi) / n_eff
         coeffs = jnp.linalg.solve(lhs, rhs)
-        alb_px = mean_px + jnp.einsum("hwkc,k->hwc", basis_px, coeffs)
-        e2 = jnp.sum(jnp.square(alb_px * shade - target), -1)
+        e2 = jnp.sum(jnp.square(albedo_px(coeffs) * shade - tgt), -1)
         w = jnp.square(s * s / (e2 + s * s))  # Geman-McClure IRLS weights
         return (coeffs, w), None
 
-    init = (jnp.zeros((k,), jnp.float32), jnp.ones((size, size), jnp.float32))
+    init = (jnp.zeros((k,), jnp.float32), jnp.ones((p,), jnp.float32))
     (coeffs, w), _ = jax.lax.scan(round_, init, None, length=cfg.linear_rounds)
-    alb_px = mean_px + jnp.einsum("hwkc,k->hwc", basis_px, coeffs)
-    sh = fit_sh_lstsq(alb_px, normals, target, weights=w * covered,
-                      regularization=cfg.sh_regularization)
+    sh = _sh_solve(albedo_px(coeffs), irr, tgt, w * covered, cfg.sh_regularization)
     return sh, coeffs
 
 
-@jax.jit
-def _fit(sub: MorphableModel, am: AlbedoModel, nbr: Array, lin: tuple[Array, Array],
+@functools.partial(jax.jit, static_argnames=("mesh",))
+def _fit(sub: MorphableModel, am: AlbedoModel, mesh: _Mesh, lin: tuple[Array, Array],
          image: Array, init: FitResult, observed: Array, weights: Array,
          cfg: PhotometricConfig) -> PhotometricResult:
     h, w = image.shape[:2]
     n_id = lin[1].shape[-1] - sub.n_expression
     n_ex = sub.n_expression
     blend = sub.expression_kind == "blendshape"
-    tri = jnp.asarray(sub.triangles, jnp.int32)
+    tri, nbr = mesh.triangles, mesh.neighbors
     id_std = jnp.asarray(sub.identity_std[:n_id], jnp.float32)
     ex_scale = (jnp.ones((n_ex,), jnp.float32) if blend or n_ex == 0
                 else jnp.asarray(sub.expression_std, jnp.float32))
@@ -415,13 +529,17 @@ def _fit(sub: MorphableModel, am: AlbedoModel, nbr: Array, lin: tuple[Array, Arr
     def energy_terms(p, cam, size, targets, n0, t):
         out, rot, trans = render_view(p, cam, size, targets[0], cfg.mode)
         e_photo = 0.0
-        renders = _pyramid(out.rgb, cfg.pyramid)
-        for lev, (ren, tgt) in enumerate(zip(renders, targets, strict=True)):
-            e2 = jnp.sum(jnp.square(ren - tgt), -1)
-            # coarse levels (2^lev pooled) fade out over the steps: coarse to fine
-            wl = 1.0 if lev == 0 else 1.0 - t
-            e_photo = e_photo + wl * jnp.sum(_geman_mcclure(e2, cfg.robust_scale)) / (
-                n0 / 4.0 ** lev)
+        if cfg.image_error in ("color", "color+gradient"):
+            renders = _pyramid(out.rgb, cfg.pyramid)
+            for lev, (ren, tgt) in enumerate(zip(renders, targets, strict=True)):
+                e2 = jnp.sum(jnp.square(ren - tgt), -1)
+                # coarse levels (2^lev pooled) fade out over the steps: coarse to fine
+                wl = 1.0 if lev == 0 else 1.0 - t
+                e_photo = e_photo + wl * jnp.sum(_geman_mcclure(e2, cfg.robust_scale)) / (
+                    n0 / 4.0 ** lev)
+        if cfg.image_error in ("gradient", "color+gradient"):
+            gc = gradient_correlation(out.rgb, targets[0], jax.lax.stop_gradient(out.mask))
+            e_photo = e_photo + cfg.lambda_gradient * (1.0 - gc)
         uv = landmarks_of(p, rot, trans)
         r2 = jnp.sum(jnp.square((uv - obs) / sigma), -1)
         e_lmk = jnp.sum(lw * r2) / lw_sum
@@ -439,37 +557,51 @@ def _fit(sub: MorphableModel, am: AlbedoModel, nbr: Array, lin: tuple[Array, Arr
             z = dict(z, beta=jnp.clip(z["beta"] * scales["beta"], 0.0, 1.0) / scales["beta"])
         return z
 
-    # Stage A: light and albedo for the init geometry.
-    size = cfg.size
-    target, cam = _level_view(image, cam0, box, size)
+    # Stage A: light and albedo for the init geometry, at the first level's size.
+    levels = _levels(cfg)
+    views = {sz: _level_view(image, cam0, box, sz) for sz, _ in levels}
+    size0 = levels[0][0]
     p = {"rot": jnp.zeros((3,)), "trans": jnp.zeros((3,)), "alpha": alpha0, "beta": beta0,
          "albedo": jnp.zeros((am.n_coefficients,)), "sh": sh_ambient(0.8)}
     rot, trans, ident, expr = geometry(p)
     verts0 = vertices(sub, jnp.zeros((sub.n_identity,)).at[:n_id].set(ident), expr)
-    sh_a, coeffs_a = _linear_stage(sub, am, verts0 @ rot.T + trans, cam, target, size, cfg)
+    sh_a, coeffs_a = _linear_stage(mesh, am, verts0 @ rot.T + trans, views[size0][1],
+                                   views[size0][0], size0, cfg)
     p = dict(p, sh=sh_a, albedo=coeffs_a)
     z = {k: v / scales[k] for k, v in p.items()}
 
-    # Stage B: one compiled render per step; the residual pyramid moves from coarse to fine.
-    n0 = jnp.float32(0.5 * size * size)
+    # Stage B: Adam, one compiled render per step, level by level (coarse working size
+    # first); within a level the residual pyramid moves from coarse to fine.
     n_steps = cfg.steps
-    targets = _pyramid(target, cfg.pyramid)
+    opt = optax.scale_by_adam()
+    state = opt.init(z)
+    outs = []
+    start = 0
+    for size, n in levels:
+        target, cam = views[size]
+        targets = _pyramid(target, cfg.pyramid)
+        n0 = jnp.float32(0.5 * size * size)
 
-    def f(zz, t):
-        return energy_terms(unpack(zz), cam, size, targets, n0, t)
+        def f(zz, t, cam=cam, size=size, targets=targets, n0=n0):
+            return energy_terms(unpack(zz), cam, size, targets, n0, t)
 
-    vg = jax.value_and_grad(f, has_aux=True)
-    opt = optax.adam(cfg.learning_rate)
+        vg = jax.value_and_grad(f, has_aux=True)
 
-    def step(carry, i):
-        zz, state = carry
-        (value, aux), grad = vg(zz, i / max(n_steps - 1, 1))
-        updates, state = opt.update(grad, state, zz)
-        zz = project_box(optax.apply_updates(zz, updates))
-        return (zz, state), (value, aux)
+        def step(carry, i, vg=vg):
+            zz, st = carry
+            t = i / max(n_steps - 1, 1)
+            (value, aux), grad = vg(zz, t)
+            updates, st = opt.update(grad, st, zz)
+            lr = cfg.learning_rate * (1.0 + (cfg.final_lr_fraction - 1.0) * t)
+            updates = jax.tree.map(lambda u: -lr * u, updates)
+            zz = project_box(optax.apply_updates(zz, updates))
+            return (zz, st), (value, aux)
 
-    (z, _), (energies, (e_photo, e_lmk, err)) = jax.lax.scan(
-        step, (z, opt.init(z)), jnp.arange(n_steps, dtype=jnp.float32))
+        (z, state), out = jax.lax.scan(
+            step, (z, state), jnp.arange(start, start + n, dtype=jnp.float32))
+        outs.append(out)
+        start += n
+    energies, (e_photo, e_lmk, err) = jax.tree.map(lambda *x: jnp.concatenate(x), *outs)
     p = unpack(z)
     total = energies[-1]
     err = err[-1]
