@@ -34,18 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import machine_info, parse_args, report, timeit
+from jaxface.cli._common import read_image
 from jaxface.eval.datasets import load_aflw2000
 from jaxface.eval.metrics import nme
 from jaxface.fit import fit_landmarks
 from jaxface.nets.predict import load_predictor, predict_image
 
 DEFAULT_CKPT = Path(__file__).resolve().parent / "weights" / "encoder_cpu.npz"
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    from jaxface.cli._common import check_image, read_image
-
-    return check_image(read_image(path), str(path))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                   static_argnums=2)
     fit0 = jax.jit(lambda y, size: fit_landmarks(pred.decoder.model, y, size), static_argnums=1)
     for smp in samples:
-        img = _read_rgb(smp.image_path)
+        img = read_image(smp.image_path)
         lm = smp.landmarks2d_reannotated if smp.landmarks2d_reannotated is not None else (
             smp.landmarks2d)
         t0 = time.perf_counter()

@@ -31,6 +31,7 @@ import numpy as np
 
 from jaxface._pytree import pytree_dataclass
 from jaxface.camera import PerspectiveCamera
+from jaxface.cli._common import read_image
 from jaxface.nets.decoder import FaceDecoder, Prediction
 
 Array = jax.Array
@@ -204,12 +205,6 @@ def _stack(items: list) -> Any:
     return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *items)
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    from jaxface.cli._common import check_image, read_image
-
-    return check_image(read_image(path), str(path))
-
-
 def load_landmark_dataset(dec: FaceDecoder, images: list[Any], landmarks: list[Any],
                           focal: list[float] | None = None) -> ImageSet:
     """Self-supervision data (survey §5.1.3): photos with their 68 iBUG landmarks.
@@ -229,7 +224,7 @@ def load_landmark_dataset(dec: FaceDecoder, images: list[Any], landmarks: list[A
     s = dec.image_size
     items, boxes = [], []
     for i, (im, lm) in enumerate(zip(images, landmarks, strict=True)):
-        img = _read_rgb(Path(im)) if isinstance(im, (str, Path)) else np.asarray(im, np.float32)
+        img = read_image(Path(im)) if isinstance(im, (str, Path)) else np.asarray(im, np.float32)
         pts = read_pts(lm) if isinstance(lm, (str, Path)) else np.asarray(lm, np.float32)
         if pts.shape != (68, 2):
             raise ValueError(f"image {i}: landmarks must be (68, 2), got {pts.shape}")
@@ -272,7 +267,7 @@ def load_fit_dataset(dec: FaceDecoder, folder: str | Path) -> ImageSet:
             src = (f.parent / src) if (f.parent / src).exists() else src
         if not src.exists():
             raise FileNotFoundError(f"{f}: input photo {str(src)!r} not found")
-        img = _read_rgb(src)
+        img = read_image(src)
         ident = np.asarray(r["identity"], np.float32)
         expr = np.asarray(r["expression"], np.float32)
         if ident.shape != (dec.model.n_identity,) or expr.shape != (dec.n_expression,):
