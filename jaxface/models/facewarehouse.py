@@ -145,6 +145,28 @@ def bilinear_to_linear(model: BilinearModel, w_id: Any, *, name: str | None = No
                       units=model.units, name=name or f"{model.name}_linear")
 
 
+def _read_int32_header(path: PathLike) -> tuple[str, bytes, tuple[int, int, int]]:
+    """``(source, file bytes, header)`` of a FaceWarehouse binary: 3 little-endian int32 first."""
+    p = F.require_file(path)
+    src = str(p)
+    raw = p.read_bytes()
+    if len(raw) < 12:
+        raise ModelFormatError("file too short for the 3 x int32 header", source=src,
+                               field="header")
+    return src, raw, struct.unpack("<3i", raw[:12])
+
+
+def _float32_payload(raw: bytes, shape: tuple[int, ...], src: str, header: str,
+                     kind: str) -> np.ndarray:
+    """The little-endian float32 array of ``shape`` after the 12-byte header; the file must
+    hold exactly that many bytes (``header`` and ``kind`` word the error)."""
+    n = int(np.prod(shape, dtype=np.int64))
+    if len(raw) - 12 != 4 * n:
+        raise ModelFormatError(f"{header} needs {4 * n} data bytes, file has {len(raw) - 12}: "
+                               f"truncated or not {kind}", source=src, field="data")
+    return np.frombuffer(raw, "<f4", count=n, offset=12).reshape(shape)
+
+
 def load_facewarehouse_core(path: PathLike, triangles: Any, *,
                             header_order: tuple[str, str, str] = ("id", "exp", "coord"),
                             neutral_index: int = 0, scale: float = 1.0) -> BilinearModel:
@@ -165,22 +187,11 @@ def load_facewarehouse_core(path: PathLike, triangles: Any, *,
     if sorted(header_order) != ["coord", "exp", "id"]:
         raise ValueError(f"header_order must be a permutation of ('id', 'exp', 'coord'), "
                          f"got {header_order}")
-    p = F.require_file(path)
-    src = str(p)
-    raw = p.read_bytes()
-    if len(raw) < 12:
-        raise ModelFormatError("file too short for the 3 x int32 header", source=src,
-                               field="header")
-    dims = struct.unpack("<3i", raw[:12])
+    src, raw, dims = _read_int32_header(path)
     if min(dims) < 1 or dims[header_order.index("coord")] % 3:
         raise ModelFormatError(f"bad header {dims} for order {header_order} (coord must be "
                                "3V)", source=src, field="header")
-    n = int(np.prod(dims, dtype=np.int64))
-    if len(raw) - 12 != 4 * n:
-        raise ModelFormatError(f"header {dims} needs {4 * n} data bytes, file has "
-                               f"{len(raw) - 12}: truncated or not a core tensor", source=src,
-                               field="data")
-    data = np.frombuffer(raw, "<f4", count=n, offset=12).reshape(dims)
+    data = _float32_payload(raw, dims, src, f"header {dims}", "a core tensor")
     core = np.transpose(data, [header_order.index(a) for a in ("id", "exp", "coord")])
     kid, kexp, n3 = core.shape
     core = core.reshape(kid, kexp, n3 // 3, 3) * np.float32(scale)
@@ -206,21 +217,12 @@ def load_facewarehouse_blendshapes(path: PathLike, *, scale: float = 1.0) -> np.
     Raises:
       ModelFormatError: short header, sizes that do not match the header, non-finite values.
     """
-    p = F.require_file(path)
-    src = str(p)
-    raw = p.read_bytes()
-    if len(raw) < 12:
-        raise ModelFormatError("file too short for the 3 x int32 header", source=src,
-                               field="header")
-    n_shapes, n_verts, n_faces = struct.unpack("<3i", raw[:12])
+    src, raw, (n_shapes, n_verts, n_faces) = _read_int32_header(path)
     if n_shapes < 0 or n_verts < 1 or n_faces < 0:
         raise ModelFormatError(f"bad header (nShapes, nVerts, nFaces) = "
                                f"{(n_shapes, n_verts, n_faces)}", source=src, field="header")
-    n = (1 + n_shapes) * n_verts * 3
-    if len(raw) - 12 != 4 * n:
-        raise ModelFormatError(f"header ({n_shapes} shapes, {n_verts} vertices) needs {4 * n} "
-                               f"data bytes, file has {len(raw) - 12}: truncated or not a "
-                               "FaceWarehouse shape.bs", source=src, field="data")
-    data = np.frombuffer(raw, "<f4", count=n, offset=12).reshape(1 + n_shapes, n_verts, 3)
+    data = _float32_payload(raw, (1 + n_shapes, n_verts, 3), src,
+                            f"header ({n_shapes} shapes, {n_verts} vertices)",
+                            "a FaceWarehouse shape.bs")
     F.check_finite(data, src, "data")
     return (data * np.float32(scale)).astype(np.float32)
