@@ -36,7 +36,7 @@ import numpy as np
 import optax
 
 from jaxface._pytree import pytree_dataclass, static_field
-from jaxface.camera import DEFAULT_NEAR, PerspectiveCamera, project
+from jaxface.camera import PerspectiveCamera, project
 from jaxface.geometry import axis_angle_to_matrix, matrix_to_axis_angle
 from jaxface.mesh.normals import vertex_normals
 from jaxface.models.morphable import MorphableModel, vertices
@@ -347,8 +347,8 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
         return jnp.concatenate([r_lm, prior_diag * (x - x_ref)])
 
     def normal_equations(x: Array, lin: tuple[Array, Array], rw: Array
-                         ) -> tuple[Array, Array, Array]:
-        """``(J^T J, J^T r, cost)`` of the residual at ``x``: the landmark Jacobian is forward
+                         ) -> tuple[Array, Array]:
+        """``(J^T J, J^T r)`` of the residual at ``x``: the landmark Jacobian is forward
         mode for the 7 camera/pose parameters and the chain rule (projection Jacobian @ R @
         landmark basis) for the K linear coefficients; the prior adds its diagonal."""
         p = _unflatten(x, n_id, n_ex)
@@ -359,25 +359,14 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
         rot = _rotation(p)
         cam_pts = pts_model @ rot.T + p.translation
         cam = camera_of(p)
-        # perspective projection Jacobian d(u, v)/d(X, Y, Z), in closed form
-        # (``project`` clamps the depth at the near plane: no depth derivative there)
-        z = cam_pts[:, 2]
-        in_front = z > DEFAULT_NEAR
-        inv_z = 1.0 / jnp.where(in_front, z, DEFAULT_NEAR)
-        fx = cam.fx * inv_z
-        fy = cam.fy * inv_z
-        zero = jnp.zeros_like(z)
-        dz = jnp.where(in_front, -inv_z, 0.0)
-        j_proj = jnp.stack([jnp.stack([fx, zero, fx * cam_pts[:, 0] * dz], -1),
-                            jnp.stack([zero, fy, fy * cam_pts[:, 1] * dz], -1)], 1)
+        j_proj = jax.vmap(jax.jacfwd(lambda q: project(cam, q)))(cam_pts)  # (L, 2, 3)
         scale = jnp.sqrt(weights * rw) / sigma
         j_lm = jnp.einsum("lij,ljm->lim", (j_proj @ rot) * scale[:, None, None], b)
         jac = jnp.concatenate([j_pose, j_lm.reshape(2 * n_lm, -1)], axis=1)  # (2L, n)
         r_prior = prior_diag * (x - x_ref)
         jtj = jac.T @ jac + jnp.diag(prior_diag * prior_diag)
         g = jac.T @ r_lm + prior_diag * r_prior
-        cost = 0.5 * (jnp.sum(r_lm * r_lm) + jnp.sum(r_prior * r_prior))
-        return jtj, g, cost
+        return jtj, g
 
     def project_box(x: Array) -> Array:
         p = _unflatten(x, n_id, n_ex)
@@ -405,7 +394,7 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
 
         def body(state):
             x, mu, nu, it, cost, _, done = state
-            jtj, g, _ = normal_equations(x, lin, rw)
+            jtj, g = normal_equations(x, lin, rw)
             jtj = jtj * free[:, None] * free[None, :]
             g = g * free
             d = jnp.sqrt(jnp.diag(jtj) + 1e-12)
