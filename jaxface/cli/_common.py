@@ -105,13 +105,18 @@ def write_fit_outputs(out_dir: str | os.PathLike, image: np.ndarray, model, resu
     return payload
 
 
-def photometric_extra(model, result, image_size: tuple[int, int]) -> dict[str, Any]:
+def photometric_extra(model, result, image_size: tuple[int, int], free_albedo: bool = False
+                      ) -> dict[str, Any]:
     """The ``result.json`` keys a photometric fit adds: ``albedo``, ``sh``,
     ``photometric_error`` at the top level and the whole photometric fit under
-    ``photometric`` (``jaxface.fit.photometric_result_to_json``)."""
+    ``photometric`` (``jaxface.fit.photometric_result_to_json``; ``free_albedo``: the fit
+    ended with the free per-vertex albedo stage)."""
     from jaxface.fit import photometric_result_to_json
 
-    ph = photometric_result_to_json(model, result, image_size)
+    kind = None
+    if free_albedo:
+        kind = ("model" if model.albedo_basis is not None else "harmonics") + "+free"
+    ph = photometric_result_to_json(model, result, image_size, albedo_kind=kind)
     return {"albedo": ph["albedo"], "sh": ph["sh"], "photometric_error": ph["photometric_error"],
             "photometric": ph}
 

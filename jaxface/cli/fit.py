@@ -74,6 +74,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="refine the landmark fit photometrically (shape, pose, albedo, SH light): "
                         "adds albedo, sh, photometric_error to result.json and writes "
                         "photometric.png")
+    p.add_argument("--free-albedo", action="store_true",
+                   help="with --photometric: finish with a free per-vertex albedo (smooth, pulled "
+                        "to the low-dimensional fit where unseen) that keeps detail such as brows "
+                        "and lips; result.json's albedo kind becomes 'harmonics+free'")
     p.add_argument("--resume", action="store_true",
                    help="skip images whose DIR/<stem>/result.json already exists")
     p.add_argument("--init", default=None, metavar="CKPT",
@@ -268,7 +272,8 @@ def run(args: argparse.Namespace) -> int:
                 if init is not None:
                     extra["init"] = str(args.init)
                 if args.photometric:
-                    extra.update(_photometric(target, image, model, result, pts, conf))
+                    extra.update(_photometric(target, image, model, result, pts, conf,
+                                              args.free_albedo))
                 write_fit_outputs(target, image, model, result, observed=pts, extra=extra)
                 n_done += 1
             except (JaxfaceError, OSError, ValueError) as e:
@@ -307,15 +312,16 @@ def _observe(item: _Item, image: np.ndarray, lm_source, detector, n_lm: int,
 
 
 def _photometric(target: Path, image: np.ndarray, model, result, pts: np.ndarray,
-                 conf: np.ndarray | None) -> dict:
+                 conf: np.ndarray | None, free_albedo: bool = False) -> dict:
     """``--photometric``: refine ``result``, write ``photometric.png``; the result.json keys."""
     from jaxface.cli._common import photometric_extra, write_photometric_png
     from jaxface.fit import fit_photometric
 
     h, w = image.shape[:2]
-    photo = fit_photometric(model, image, init=result, landmarks=pts, landmark_weights=conf)
+    photo = fit_photometric(model, image, init=result, landmarks=pts, landmark_weights=conf,
+                            free_albedo=free_albedo)
     write_photometric_png(target, image, model, photo)
-    return photometric_extra(model, photo, (h, w))
+    return photometric_extra(model, photo, (h, w), free_albedo=free_albedo)
 
 
 def _extra(item: _Item, how: str, pts: np.ndarray) -> dict:
@@ -364,7 +370,8 @@ def _fit_video(src: Path, out: Path, model, sequence: list, args: argparse.Names
             image = item.pixels()
             extra = _extra(item, sequence[i][4], lms[i])
             if args.photometric:
-                extra.update(_photometric(target, image, model, result, lms[i], conf[i]))
+                extra.update(_photometric(target, image, model, result, lms[i], conf[i],
+                                          args.free_albedo))
             write_fit_outputs(target, image, model, result, observed=lms[i], extra=extra)
             done += 1
         except (JaxfaceError, OSError, ValueError) as e:

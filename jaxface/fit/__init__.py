@@ -1,6 +1,12 @@
 """Fitting a morphable model to images: landmark energies, solvers, results."""
 
-from jaxface.fit.albedo import AlbedoModel, albedo_model, albedo_vertices, refine_free_albedo
+from jaxface.fit.albedo import (
+    AlbedoModel,
+    albedo_model,
+    albedo_vertices,
+    fit_free_albedo,
+    refine_free_albedo,
+)
 from jaxface.fit.landmarks import (
     MODEL_TO_CAMERA,
     FitConfig,
@@ -33,6 +39,7 @@ __all__ = [
     "fit_linear",
     "linear_to_perspective_init",
     "photometric_result_to_json",
+    "fit_free_albedo",
     "refine_free_albedo",
     "FitConfig",
     "FitResult",

@@ -16,8 +16,10 @@ Two kinds, one representation (:class:`AlbedoModel`: ``albedo = mean + sum_k c_k
 The eigen-decomposition runs once per template on the host (``scipy.sparse.linalg.eigsh``,
 shift-invert around a small negative shift) and is cached on the template's bytes.
 
-:func:`refine_free_albedo` is the optional last stage: a free per-vertex albedo with a
-Laplacian smoothness prior, solved on the host by a sparse linear system.
+:func:`fit_free_albedo` is the optional last stage of a photometric fit: a free per-vertex
+albedo that explains the rendered pixels, with a cotangent-Laplacian smoothness prior towards
+the low-dimensional fit; :func:`refine_free_albedo` is the same from per-vertex observations.
+Both solve their sparse normal equations by conjugate gradients in JAX (jit/vmap).
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from jaxface._pytree import pytree_dataclass, static_field
-from jaxface.mesh.laplacian import cotangent_laplacian, mass_matrix
+from jaxface.mesh.laplacian import (
+    cotangent_laplacian,
+    cotangent_weights,
+    laplacian_apply,
+    mass_matrix,
+    vertex_areas,
+)
 from jaxface.models.morphable import MorphableModel
 from jaxface.render.pipeline import SKIN_TONE
 
@@ -44,6 +52,7 @@ __all__ = [
     "albedo_model",
     "albedo_vertices",
     "manifold_harmonics",
+    "fit_free_albedo",
     "refine_free_albedo",
 ]
 
@@ -182,19 +191,70 @@ def albedo_model(model: MorphableModel, n_harmonics: int = 16,
                            t.tobytes(), v.shape[0])
 
 
+def _free_albedo_cg(data_apply: Any, data_rhs: Array, data_diag: Array, verts: Array,
+                    triangles: Any, prior: Array, smoothness: Any, prior_weight: Any,
+                    iterations: int) -> Array:
+    """Solve ``(D + s L + lam M) a = b_D + s L p + lam M p`` by Jacobi-preconditioned conjugate
+    gradients, the three colour channels at once (each with its own step sizes).
+
+    ``D`` is the data term's (V, V) symmetric PSD operator (``data_apply``: (V, 3) -> (V, 3),
+    diagonal ``data_diag`` (V,)), ``L`` the cotangent Laplacian, ``M`` the lumped vertex areas
+    normalised to mean 1 and ``p`` the prior; the system is SPD for ``lam > 0``. Starts from
+    the prior; a fixed number of iterations (``lax.fori_loop``: jit/vmap-friendly).
+    """
+    tri = jnp.asarray(triangles, jnp.int32)
+    ei, ej, w = cotangent_weights(verts, tri)
+    m = vertex_areas(verts, tri)
+    m = m / jnp.maximum(jnp.mean(m), 1e-30)
+    lap_diag = jax.ops.segment_sum(w, ei, num_segments=verts.shape[0]) \
+        + jax.ops.segment_sum(w, ej, num_segments=verts.shape[0])
+
+    def apply(a):
+        return data_apply(a) + smoothness * laplacian_apply(ei, ej, w, a) \
+            + prior_weight * m[:, None] * a
+
+    b = (data_rhs + smoothness * laplacian_apply(ei, ej, w, prior)
+         + prior_weight * m[:, None] * prior)
+    precond = 1.0 / jnp.maximum(data_diag + smoothness * jnp.maximum(lap_diag, 0.0)
+                                + prior_weight * m, 1e-12)[:, None]
+    x = prior
+    r = b - apply(x)
+    z = precond * r
+    d = z
+    rz = jnp.sum(r * z, 0)
+
+    def body(_, carry):
+        x, r, d, rz = carry
+        ad = apply(d)
+        dad = jnp.sum(d * ad, 0)
+        alpha = jnp.where(dad > 0, rz / jnp.where(dad > 0, dad, 1.0), 0.0)
+        x = x + alpha * d
+        r = r - alpha * ad
+        z = precond * r
+        rz_new = jnp.sum(r * z, 0)
+        beta = jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1.0), 0.0)
+        return x, r, z + beta * d, rz_new
+
+    x, _, _, _ = jax.lax.fori_loop(0, iterations, body, (x, r, d, rz))
+    return x
+
+
 def refine_free_albedo(verts: Any, triangles: Any, observed: Any, weights: Any, prior: Any,
-                       smoothness: float = 1.0, prior_weight: float = 1e-2) -> np.ndarray:
-    """Free per-vertex albedo with a Laplacian smoothness prior (host side, sparse solve).
+                       smoothness: Any = 1.0, prior_weight: Any = 1e-2,
+                       iterations: int = 300) -> Array:
+    """Free per-vertex albedo from per-vertex observations, with a Laplacian smoothness prior.
 
     Minimises, per colour channel,
     ``sum_v w_v m_v (a_v - o_v)^2 + smoothness * (a - p)^T L (a - p) + prior_weight *
     sum_v m_v (a_v - p_v)^2`` with ``L`` the cotangent Laplacian and ``m`` the vertex areas
     normalised to mean 1: the observed albedo where it is seen, smoothed, pulled to the prior
-    (e.g. the fitted low-dimensional albedo) where it is not.
+    (e.g. the fitted low-dimensional albedo) where it is not. Conjugate gradients in JAX
+    (jit/vmap; ``iterations`` static).
 
     Args:
       verts: (V, 3) mesh (mm); triangles: (T, 3).
-      observed: (V, 3) observed albedo (e.g. image colour / shading at visible vertices).
+      observed: (V, 3) observed albedo (e.g. image colour / shading at visible vertices); NaN
+        rows are unobserved.
       weights: (V,) confidence >= 0 (0 where unseen).
       prior: (V, 3) fallback albedo.
       smoothness, prior_weight: the energy's weights (> 0).
@@ -202,26 +262,101 @@ def refine_free_albedo(verts: Any, triangles: Any, observed: Any, weights: Any, 
     Returns:
       (V, 3) float32 albedo clipped to [0, 1].
     """
-    v = np.asarray(verts, np.float64)
-    o = np.asarray(observed, np.float64)
-    p = np.asarray(prior, np.float64)
-    w = np.asarray(weights, np.float64).reshape(-1)
+    v = jnp.asarray(verts, jnp.float32)
     n = v.shape[0]
+    o = jnp.asarray(observed, jnp.float32)
+    p = jnp.asarray(prior, jnp.float32)
+    w = jnp.asarray(weights, jnp.float32)
     if o.shape != (n, 3) or p.shape != (n, 3) or w.shape != (n,):
         raise ValueError(f"observed and prior must be ({n}, 3) and weights ({n},), got "
                          f"{o.shape}, {p.shape}, {w.shape}")
-    if smoothness <= 0 or prior_weight <= 0:
+    _check_positive(smoothness, prior_weight)
+    tri = jnp.asarray(triangles, jnp.int32)
+    m = vertex_areas(v, tri)
+    m = m / jnp.maximum(jnp.mean(m), 1e-30)
+    seen = jnp.all(jnp.isfinite(o), axis=1)
+    wm = jnp.where(seen, jnp.maximum(w, 0.0), 0.0) * m
+    o = jnp.where(seen[:, None], o, 0.0)
+    out = _free_albedo_cg(lambda a: wm[:, None] * a, wm[:, None] * o, wm, v, tri, p,
+                          smoothness, prior_weight, iterations)
+    return jnp.clip(out, 0.0, 1.0)
+
+
+def fit_free_albedo(verts: Any, triangles: Any, triangle_id: Any, barycentric: Any,
+                    shading: Any, target: Any, weights: Any, prior: Any,
+                    smoothness: Any = 0.3, prior_weight: Any = 1e-2,
+                    iterations: int = 200) -> Array:
+    """Free per-vertex albedo that best explains the pixels of a hard render (the last stage of
+    a photometric fit: detail the low-dimensional albedo cannot express).
+
+    Minimises, per colour channel,
+    ``c sum_p w_p (s_p * sum_k b_pk a_{t_pk} - I_p)^2 + smoothness * (a - p)^T L (a - p)
+    + prior_weight * sum_v m_v (a_v - p_v)^2``: pixel ``p`` of triangle ``t_p`` with
+    barycentrics ``b_p`` and shading ``s_p`` (the SH irradiance) should show the photo's colour
+    ``I_p``; ``L`` is the cotangent Laplacian, ``m`` the vertex areas normalised to mean 1 and
+    ``c`` scales the data term so that its mean per-vertex weight over the observed vertices is
+    1 (the weights then mean the same at any resolution). Vertices no pixel sees keep the
+    prior, smoothly joined. Conjugate gradients in JAX (jit/vmap; ``iterations`` static).
+
+    Args:
+      verts: (V, 3) mesh; triangles: (T, 3).
+      triangle_id: (H, W) int32 visible triangle per pixel (-1 background), barycentric:
+        (H, W, 3), as from :func:`jaxface.render.rasterize`.
+      shading: (H, W, 3) irradiance per pixel (rendered colour = albedo * shading).
+      target: (H, W, 3) photo.
+      weights: (H, W) pixel confidence >= 0 (e.g. robust weights; background is ignored).
+      prior: (V, 3) albedo where nothing is seen (e.g. the fitted low-dimensional albedo).
+      smoothness, prior_weight: the energy's weights (> 0).
+
+    Returns:
+      (V, 3) float32 albedo clipped to [0, 1].
+    """
+    v = jnp.asarray(verts, jnp.float32)
+    n = v.shape[0]
+    tri = jnp.asarray(triangles, jnp.int32)
+    tid = jnp.asarray(triangle_id, jnp.int32).reshape(-1)
+    bary = jnp.asarray(barycentric, jnp.float32).reshape(-1, 3)
+    shade = jnp.asarray(shading, jnp.float32).reshape(-1, 3)
+    tgt = jnp.asarray(target, jnp.float32).reshape(-1, 3)
+    p = jnp.asarray(prior, jnp.float32)
+    if p.shape != (n, 3):
+        raise ValueError(f"prior must be ({n}, 3), got {p.shape}")
+    if not (tid.shape[0] == bary.shape[0] == shade.shape[0] == tgt.shape[0]):
+        raise ValueError("triangle_id, barycentric, shading and target must cover the same "
+                         f"pixels, got {tid.shape[0]}, {bary.shape[0]}, {shade.shape[0]}, "
+                         f"{tgt.shape[0]}")
+    _check_positive(smoothness, prior_weight)
+    covered = tid >= 0
+    w = jnp.where(covered & jnp.all(jnp.isfinite(tgt), -1),
+                  jnp.maximum(jnp.asarray(weights, jnp.float32).reshape(-1), 0.0), 0.0)
+    ids = tri[jnp.where(covered, tid, 0)]  # (P, 3)
+    tgt = jnp.where(jnp.isfinite(tgt), tgt, 0.0)
+    # the data term's diagonal, per vertex: sum_p w_p b_pk^2 s_p^2 (mean over channels)
+    s2 = jnp.mean(jnp.square(shade), -1)
+    diag = jax.ops.segment_sum(((w * s2)[:, None] * jnp.square(bary)).reshape(-1),
+                               ids.reshape(-1), num_segments=n)
+    seen = diag > 1e-12 * jnp.max(diag)
+    c = jnp.sum(seen) / jnp.maximum(jnp.sum(jnp.where(seen, diag, 0.0)), 1e-30)
+
+    def to_pixels(a):  # (V, 3) -> (P, 3): interpolated albedo times shading
+        return jnp.einsum("pk,pkc->pc", bary, a[ids]) * shade
+
+    def to_vertices(q):  # (P, 3) -> (V, 3): the adjoint of to_pixels
+        contrib = bary[:, :, None] * (q * shade)[:, None, :]  # (P, 3, 3)
+        return jax.ops.segment_sum(contrib.reshape(-1, 3), ids.reshape(-1), num_segments=n)
+
+    def data_apply(a):
+        return c * to_vertices(w[:, None] * to_pixels(a))
+
+    out = _free_albedo_cg(data_apply, c * to_vertices(w[:, None] * tgt), c * diag, v, tri, p,
+                          smoothness, prior_weight, iterations)
+    return jnp.clip(out, 0.0, 1.0)
+
+
+def _check_positive(smoothness: Any, prior_weight: Any) -> None:
+    try:
+        bad = float(smoothness) <= 0 or float(prior_weight) <= 0
+    except (TypeError, jax.errors.ConcretizationTypeError):  # traced: checked by the caller
+        return
+    if bad:
         raise ValueError("smoothness and prior_weight must be positive")
-    lap = cotangent_laplacian(v, triangles)
-    m = mass_matrix(v, triangles).diagonal()
-    m = m / max(float(m.mean()), 1e-12)
-    w = np.where(np.isfinite(o).all(1), np.maximum(w, 0.0), 0.0)
-    o = np.where(np.isfinite(o), o, 0.0)
-    data = sp.diags(w * m + prior_weight * m)
-    system = (data + smoothness * lap).tocsc()
-    solve = spla.factorized(system)
-    out = np.empty((n, 3))
-    for c in range(3):
-        rhs = w * m * o[:, c] + prior_weight * m * p[:, c] + smoothness * (lap @ p[:, c])
-        out[:, c] = solve(rhs)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)

@@ -42,7 +42,15 @@ one size):
    step size decays linearly from ``learning_rate`` to ``final_lr_fraction`` times it. One
    differentiable render is compiled per working size.
 
-The focal length stays that of the init fit.
+4. Optional (``free_albedo``): a free per-vertex albedo that explains the working-size crop's
+   pixels under the fitted geometry and light (:func:`jaxface.fit.albedo.fit_free_albedo`:
+   Geman-McClure-weighted pixels, cotangent-Laplacian smoothness towards the low-dimensional
+   albedo, which fills what the camera does not see). Detail the smooth harmonics cannot
+   express (freckles, brows, lips) goes here; the geometry is not changed by it.
+
+The focal length stays that of the init fit unless ``estimate_focal`` (a log-focal variable in
+stage B, with the prior ``lambda_focal (log(f / f0) / 0.1)^2``; the landmarks and the photo
+both see it through the perspective).
 """
 
 from __future__ import annotations
@@ -58,13 +66,13 @@ import optax
 
 from jaxface._pytree import pytree_dataclass, static_field
 from jaxface.camera import PerspectiveCamera, project
-from jaxface.fit.albedo import AlbedoModel, albedo_model, albedo_vertices
+from jaxface.fit.albedo import AlbedoModel, albedo_model, albedo_vertices, fit_free_albedo
 from jaxface.fit.landmarks import FitResult, _landmark_basis, _landmark_noise
 from jaxface.geometry import axis_angle_to_matrix
 from jaxface.models.morphable import MorphableModel, restrict, vertices
 from jaxface.render.antialias import edge_neighbors
 from jaxface.render.pipeline import render_mesh
-from jaxface.render.shading import irradiance_basis, sh_ambient
+from jaxface.render.shading import irradiance_basis, sh_ambient, sh_shading
 
 Array = jax.Array
 
@@ -88,7 +96,11 @@ class PhotometricConfig:
     steps in all), ``coarse_steps`` (how many of them render at ``size // 2``, first),
     ``mode`` (``"antialias"`` or ``"hard"``), ``region`` (model region rendered, None for the
     whole model), ``n_harmonics``, ``n_identity``, ``linear_rounds``, ``image_error``
-    (``"color"``, ``"gradient"`` or ``"color+gradient"``, see the module doc). The weights,
+    (``"color"``, ``"gradient"`` or ``"color+gradient"``, see the module doc),
+    ``estimate_focal`` (also refine the focal length, prior ``lambda_focal (log(f / f0) /
+    0.1)^2`` towards the init fit's ``f0``), ``free_albedo`` (a final stage: free per-vertex
+    albedo by :func:`jaxface.fit.albedo.fit_free_albedo` with ``albedo_smoothness`` and
+    ``albedo_prior_weight``, ``free_albedo_iterations`` conjugate-gradient steps). The weights,
     ``learning_rate`` and ``final_lr_fraction`` (the step size decays linearly to this
     fraction of ``learning_rate`` by the last step) are pytree leaves (no recompilation).
     """
@@ -103,6 +115,9 @@ class PhotometricConfig:
     linear_rounds: int = static_field(default=3)
     coarse_steps: int = static_field(default=30)
     image_error: str = static_field(default="color")
+    estimate_focal: bool = static_field(default=False)
+    free_albedo: bool = static_field(default=False)
+    free_albedo_iterations: int = static_field(default=150)
     learning_rate: Any = 0.05
     final_lr_fraction: Any = 1.0
     crop_margin: Any = 1.15
@@ -114,6 +129,9 @@ class PhotometricConfig:
     lambda_albedo: Any = 2e-4
     sh_regularization: Any = 1e-3
     lambda_gradient: Any = 1.0
+    lambda_focal: Any = 1e-3
+    albedo_smoothness: Any = 0.3
+    albedo_prior_weight: Any = 1e-2
 
 
 @pytree_dataclass
@@ -128,10 +146,11 @@ class PhotometricResult:
     Extra attributes:
       albedo_coefficients: (K,) coefficients of the albedo model.
       albedo: (V, 3) per-vertex albedo of the whole model (outside the fitted region: the
-        albedo model's mean colour).
+        albedo model's mean colour); the free per-vertex albedo when ``free_albedo``, else
+        the albedo model's at ``albedo_coefficients``.
       sh: (9, 3) SH light in the camera frame.
       photometric_error: () RMS colour error (per channel) over the rendered face pixels of
-        the working-size crop, at the last step.
+        the working-size crop, at the last step (with the free albedo when ``free_albedo``).
       energies: (S,) total energy per Adam step.
       crop: (3,) ``(x0, y0, size)`` of the square crop in image pixels.
     """
@@ -502,6 +521,16 @@ def _fit(sub: MorphableModel, am: AlbedoModel, mesh: _Mesh, lin: tuple[Array, Ar
     scales = {"rot": jnp.full((3,), 0.05), "trans": jnp.full((3,), 5.0),
               "alpha": jnp.ones((n_id,)), "beta": jnp.full((n_ex,), 0.5),
               "albedo": alb_std, "sh": jnp.full((9, 3), 0.2)}
+    if cfg.estimate_focal:
+        scales["logf"] = jnp.full((), 0.2)
+
+    def with_focal(cam, p):
+        """``cam`` with its focal length scaled by ``exp(p["logf"])`` (crops scale fx, fy and
+        move the principal point, so the factor carries over to every view)."""
+        if "logf" not in p:
+            return cam
+        k = jnp.exp(p["logf"])
+        return PerspectiveCamera(fx=cam.fx * k, fy=cam.fy * k, cx=cam.cx, cy=cam.cy)
 
     def unpack(z):
         return {k: z[k] * scales[k] for k in z}
@@ -509,21 +538,23 @@ def _fit(sub: MorphableModel, am: AlbedoModel, mesh: _Mesh, lin: tuple[Array, Ar
     def geometry(p):
         rot = axis_angle_to_matrix(p["rot"]) @ rot0
         trans = t0 + p["trans"]
+        if "logf" in p:  # a dolly zoom: the face keeps its image size as the focal changes
+            trans = trans.at[2].multiply(jnp.exp(p["logf"]))
         ident = p["alpha"] * id_std
         expr = (p["beta"] * ex_scale) if n_ex else None
         return rot, trans, ident, expr
 
     def landmarks_of(p, rot, trans):
         pts = (lin[0] + lin[1] @ jnp.concatenate([p["alpha"], p["beta"]])) @ rot.T + trans
-        return project(cam0, pts)
+        return project(with_focal(cam0, p), pts)
 
     def render_view(p, cam, size, target, mode):
         rot, trans, ident, expr = geometry(p)
         verts = vertices(sub, jnp.zeros((sub.n_identity,)).at[:n_id].set(ident), expr)
         verts_cam = verts @ rot.T + trans
         alb = albedo_vertices(am, p["albedo"])
-        out = render_mesh(verts_cam, tri, cam, (size, size), albedo=alb, sh=p["sh"],
-                          background=target, mode=mode, neighbors=nbr)
+        out = render_mesh(verts_cam, tri, with_focal(cam, p), (size, size), albedo=alb,
+                          sh=p["sh"], background=target, mode=mode, neighbors=nbr)
         return out, rot, trans
 
     def energy_terms(p, cam, size, targets, n0, t):
@@ -546,6 +577,8 @@ def _fit(sub: MorphableModel, am: AlbedoModel, mesh: _Mesh, lin: tuple[Array, Ar
         e_reg = (cfg.lambda_identity * jnp.sum(jnp.square(p["alpha"]))
                  + cfg.lambda_expression * jnp.sum(jnp.square(p["beta"] / ex_scale))
                  + cfg.lambda_albedo * jnp.sum(jnp.square(p["albedo"] / alb_std)))
+        if "logf" in p:
+            e_reg = e_reg + cfg.lambda_focal * jnp.square(p["logf"] / 0.1)
         total = cfg.lambda_photo * e_photo + cfg.lambda_landmarks * e_lmk + e_reg
         cov = out.mask
         err = jnp.sqrt(jnp.sum(cov * jnp.mean(jnp.square(out.rgb - targets[0]), -1))
@@ -563,6 +596,8 @@ def _fit(sub: MorphableModel, am: AlbedoModel, mesh: _Mesh, lin: tuple[Array, Ar
     size0 = levels[0][0]
     p = {"rot": jnp.zeros((3,)), "trans": jnp.zeros((3,)), "alpha": alpha0, "beta": beta0,
          "albedo": jnp.zeros((am.n_coefficients,)), "sh": sh_ambient(0.8)}
+    if cfg.estimate_focal:
+        p["logf"] = jnp.zeros(())
     rot, trans, ident, expr = geometry(p)
     verts0 = vertices(sub, jnp.zeros((sub.n_identity,)).at[:n_id].set(ident), expr)
     sh_a, coeffs_a = _linear_stage(mesh, am, verts0 @ rot.T + trans, views[size0][1],
@@ -606,17 +641,51 @@ def _fit(sub: MorphableModel, am: AlbedoModel, mesh: _Mesh, lin: tuple[Array, Ar
     total = energies[-1]
     err = err[-1]
     rot, trans, ident, expr = geometry(p)
+    albedo = albedo_vertices(am, p["albedo"])
+    if cfg.free_albedo:
+        albedo, err = _free_albedo_stage(sub, mesh, p, albedo, views[levels[-1][0]],
+                                         levels[-1][0], geometry, with_focal, cfg)
     uv = landmarks_of(p, rot, trans)
     res = jnp.where(present, jnp.linalg.norm(uv - obs, axis=-1), jnp.nan)
     rel = jnp.abs(energies[-2] - energies[-1]) / jnp.maximum(jnp.abs(energies[-2]), 1e-12) \
         if energies.shape[0] > 1 else jnp.float32(0.0)
     return PhotometricResult(
         identity=ident, expression=expr if n_ex else jnp.zeros((0,), jnp.float32),
-        rotation=rot, translation=trans, camera=cam0, landmarks2d=uv, residuals=res,
+        rotation=rot, translation=trans, camera=with_focal(cam0, p), landmarks2d=uv,
+        residuals=res,
         landmark_vertex_ids=jnp.asarray(init.landmark_vertex_ids), cost=total,
         iterations=jnp.int32(cfg.steps), converged=rel < 1e-3,
-        albedo_coefficients=p["albedo"], albedo=albedo_vertices(am, p["albedo"]), sh=p["sh"],
+        albedo_coefficients=p["albedo"], albedo=albedo, sh=p["sh"],
         photometric_error=err, energies=energies, crop=box)
+
+
+def _free_albedo_stage(sub: MorphableModel, mesh: _Mesh, p: dict, prior: Array,
+                       view: tuple[Array, PerspectiveCamera], size: int, geometry: Any,
+                       with_focal: Any, cfg: PhotometricConfig) -> tuple[Array, Array]:
+    """The free per-vertex albedo of the final geometry and light, and the RMS colour error of
+    its render (the final stage of :func:`fit_photometric`)."""
+    target, cam = view
+    cam = with_focal(cam, p)
+    rot, trans, ident, expr = geometry(p)
+    n_id = ident.shape[0]
+    verts = vertices(sub, jnp.zeros((sub.n_identity,)).at[:n_id].set(ident), expr)
+    verts_cam = verts @ rot.T + trans
+    tri = mesh.triangles
+    out = render_mesh(verts_cam, tri, cam, (size, size), albedo=prior, sh=p["sh"],
+                      background=target, mode="hard")
+    shade = sh_shading(out.normals, p["sh"])
+    e2 = jnp.sum(jnp.square(out.rgb - target), -1)
+    s2 = jnp.square(cfg.robust_scale)
+    wpx = out.mask * jnp.square(s2 / (e2 + s2))  # Geman-McClure IRLS weights
+    albedo = fit_free_albedo(verts, tri, out.triangle_id, out.barycentric, shade, target, wpx,
+                             prior, cfg.albedo_smoothness, cfg.albedo_prior_weight,
+                             iterations=cfg.free_albedo_iterations)
+    final = render_mesh(verts_cam, tri, cam, (size, size), albedo=albedo, sh=p["sh"],
+                        background=target, mode=cfg.mode, neighbors=mesh.neighbors)
+    cov = final.mask
+    err = jnp.sqrt(jnp.sum(cov * jnp.mean(jnp.square(final.rgb - target), -1))
+                   / jnp.maximum(jnp.sum(cov), 1.0))
+    return albedo, err
 
 
 def photometric_result_to_json(model: MorphableModel, result: PhotometricResult,

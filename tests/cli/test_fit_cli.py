@@ -191,3 +191,29 @@ def test_video_is_fitted_jointly(data_dir, tmp_path):
     # the picture moves right by 4 px per frame: the face must move right, steadily
     assert np.all(np.diff(tx) > 0)
     assert np.ptp(np.diff(tx)) < 0.5 * np.mean(np.diff(tx))
+
+
+def test_photometric_fit_with_free_albedo(data_dir, tmp_path):
+    """``jaxface fit --photometric --free-albedo``: the photometric keys in result.json, the
+    albedo kind, and an overlay whose face is the rendered fit."""
+    name = "image02283"
+    gt = labelled.aflw_reannotated(data_dir)[name]
+    pts = tmp_path / f"{name}.pts"
+    write_pts(pts, gt)
+    image = data_dir / f"aflw2000-3d-subset/{name}.jpg"
+    out = tmp_path / "out"
+    assert main(["fit", str(image), "--landmarks", str(pts), "--photometric", "--free-albedo",
+                 "--out", str(out)]) == 0
+    res = _load(out, name)
+    assert res["albedo"]["kind"] == "harmonics+free"
+    assert np.asarray(res["sh"]).shape == (9, 3)
+    assert 0.0 < res["photometric_error"] < 0.12
+    assert res["photometric"]["landmark_rmse_px"] < 8.0
+    png = iio.imread(out / name / "photometric.png")
+    photo = iio.imread(image)
+    assert png.shape == photo.shape
+    # the face is re-rendered (it matches the photo closely: ~4 % of the pixels differ by
+    # more than 30 levels) and the photo is kept around it
+    diff = np.abs(png.astype(float) - photo.astype(float)).sum(-1) > 30
+    assert 0.005 < diff.mean() < 0.3
+    assert not diff[:20].any() and not diff[-20:].any()
