@@ -83,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
     say("photometric fit: light, albedo, shape and pose (compiling on first use) ...")
     photo = fit_photometric(model, image, init=result, landmarks=det.landmarks,
-                            landmark_weights=det.confidence)
-    extra = photometric_extra(model, photo, (h, w))
+                            landmark_weights=det.confidence, free_albedo=True)
+    extra = photometric_extra(model, photo, (h, w), free_albedo=True)
     say(f"photometric fit: RMS colour error {extra['photometric_error']:.4f}, landmark RMSE "
         f"{extra['photometric']['landmark_rmse_px']:.2f} px")
     write_photometric_png(out, image, model, photo)
