@@ -6,6 +6,13 @@
 Everything is a pure function of pytrees (jit, vmap, grad). Shading happens in the camera frame:
 ``sh`` coefficients describe light arriving in camera coordinates (+x right, +y down, +z
 forward), so a light "from the viewer" is direction ``(0, 0, -1)``.
+
+``phong=PhongLighting(...)`` replaces the SH shading by Phong / Blinn-Phong with directional
+and point lights (per pixel, at the interpolated camera-frame surface points; per vertex on
+the soft path), optionally shadowed: ``shadows=True`` renders one shadow map per light from
+the light (:mod:`jaxface.render.shadow`) and multiplies that light's diffuse and specular
+terms by the point's visibility. Shadows carry no gradient (they are piecewise constant); the
+shading around them does.
 """
 
 from __future__ import annotations
@@ -24,7 +31,14 @@ from jaxface.models.morphable import MorphableModel, landmarks, vertices
 from jaxface.render.antialias import antialias, edge_neighbors
 from jaxface.render.interpolate import interpolate
 from jaxface.render.rasterize import rasterize
-from jaxface.render.shading import sh_ambient, sh_directional, sh_shading
+from jaxface.render.shading import (
+    PhongLighting,
+    sh_ambient,
+    sh_directional,
+    sh_shading,
+    shade_phong,
+)
+from jaxface.render.shadow import shadow_map, shadow_visibility
 from jaxface.render.soft import soft_blend, soft_interpolate, soft_rasterize
 
 Array = jax.Array
@@ -104,7 +118,8 @@ def render(model: MorphableModel, params: FaceParams, camera: Camera,
            background: Any = 0.0, mode: str = "hard", landmark_set: str | None = "ibug68",
            neighbors: Any = None, soft_sigma: float = 0.02, soft_gamma: float = 0.01,
            faces_per_pixel: int = 8, soft_depth_range: tuple[float, float] = (100.0, 3000.0),
-           visibility_tolerance: float = 2.0) -> RenderOutput:
+           visibility_tolerance: float = 2.0, phong: PhongLighting | None = None
+           ) -> RenderOutput:
     """Render a face.
 
     Args:
@@ -129,6 +144,8 @@ def render(model: MorphableModel, params: FaceParams, camera: Camera,
       soft_depth_range: (znear, zfar) in mm (static) over which the soft path normalises depth
         for its softmax; ``soft_gamma`` is relative to this range.
       visibility_tolerance: depth slack (mm) of the per-vertex visibility test.
+      phong: :class:`~jaxface.render.shading.PhongLighting`: Phong / Blinn-Phong lights
+        (optionally shadow-mapped) instead of the SH light ``sh``.
 
     Returns:
       RenderOutput.
@@ -145,7 +162,7 @@ def render(model: MorphableModel, params: FaceParams, camera: Camera,
                       background=background, mode=mode, neighbors=neighbors,
                       soft_sigma=soft_sigma, soft_gamma=soft_gamma,
                       faces_per_pixel=faces_per_pixel, soft_depth_range=soft_depth_range,
-                      visibility_tolerance=visibility_tolerance)
+                      visibility_tolerance=visibility_tolerance, phong=phong)
     if landmark_set is not None:
         out = dataclasses.replace(
             out, landmarks2d=project(camera, landmarks(model, verts_cam, landmark_set)))
@@ -157,7 +174,8 @@ def render_mesh(verts_cam: Any, triangles: Any, camera: Camera, image_size: tupl
                 mode: str = "hard", neighbors: Any = None, soft_sigma: float = 0.02,
                 soft_gamma: float = 0.01, faces_per_pixel: int = 8,
                 soft_depth_range: tuple[float, float] = (100.0, 3000.0),
-                visibility_tolerance: float = 2.0) -> RenderOutput:
+                visibility_tolerance: float = 2.0, phong: PhongLighting | None = None
+                ) -> RenderOutput:
     """Render a camera-frame triangle mesh (the part of :func:`render` after the model).
 
     Args:
@@ -178,12 +196,16 @@ def render_mesh(verts_cam: Any, triangles: Any, camera: Camera, image_size: tupl
 
     frags = rasterize(scr.xyz, tri, (h, w), w=scr.w)
     covered = frags.triangle_id >= 0
-    attrs = interpolate(jnp.concatenate([alb, normals], axis=-1), frags, tri)
+    per_vertex = [alb, normals] + ([verts_cam] if phong is not None else [])
+    attrs = interpolate(jnp.concatenate(per_vertex, axis=-1), frags, tri)
     alb_px = attrs[..., :3]
-    n_px = attrs[..., 3:]
+    n_px = attrs[..., 3:6]
     n_px = n_px / jnp.sqrt(jnp.maximum(jnp.sum(n_px * n_px, -1, keepdims=True), 1e-12))
     n_px = jnp.where(covered[..., None], n_px, 0.0)
-    shaded = alb_px * sh_shading(n_px, light)
+    if phong is None:
+        shaded = alb_px * sh_shading(n_px, light)
+    else:
+        shaded = _shade_phong(phong, verts_cam, tri, alb_px, attrs[..., 6:9], n_px)
     mask = covered.astype(jnp.float32)
     rgb = jnp.where(covered[..., None], shaded, bg)
 
@@ -196,7 +218,8 @@ def render_mesh(verts_cam: Any, triangles: Any, camera: Camera, image_size: tupl
     elif mode == "soft":
         sfr = soft_rasterize(scr.xyz, tri, (h, w), sigma=soft_sigma,
                              faces_per_pixel=faces_per_pixel)
-        v_col = alb * sh_shading(normals, light)
+        v_col = (alb * sh_shading(normals, light) if phong is None
+                 else _shade_phong(phong, verts_cam, tri, alb, verts_cam, normals))
         cols = soft_interpolate(v_col, sfr, tri)
         znear, zfar = (float(d) for d in soft_depth_range)
         rgba = soft_blend(cols, sfr, sigma=soft_sigma, gamma=soft_gamma, background=0.0,
@@ -216,6 +239,18 @@ def render_mesh(verts_cam: Any, triangles: Any, camera: Camera, image_size: tupl
                         screen=scr.xyz)
 
 
+
+
+def _shade_phong(phong: PhongLighting, verts_cam: Array, tri: Array, albedo: Array,
+                 points: Array, normals: Array) -> Array:
+    """Phong shading of camera-frame ``points`` (..., 3), shadowed when ``phong.shadows``."""
+    lights = tuple(phong.lights)
+    vis = None
+    if phong.shadows:
+        vis = [shadow_visibility(shadow_map(verts_cam, tri, light, phong.shadow_map_size),
+                                 points, normals, pcf=phong.shadow_pcf) for light in lights]
+    return shade_phong(albedo, points, normals, jnp.zeros((3,), jnp.float32), lights,
+                       phong.material, phong.ambient, phong.blinn, visibility=vis)
 
 
 def vertex_visibility(screen: Array, normals: Array, verts_cam: Array, depth: Array,

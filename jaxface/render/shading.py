@@ -64,7 +64,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxface._pytree import pytree_dataclass
+from jaxface._pytree import pytree_dataclass, static_field
 
 Array = jax.Array
 
@@ -72,6 +72,7 @@ __all__ = [
     "SH_BAND_FACTORS",
     "SH_CONSTANTS",
     "DirectionalLight",
+    "PhongLighting",
     "PhongMaterial",
     "PointLight",
     "fit_sh_lstsq",
@@ -310,6 +311,31 @@ class PhongMaterial:
     diffuse: Any = 1.0
     specular: Any = 0.0
     shininess: Any = 32.0
+
+
+@pytree_dataclass
+class PhongLighting:
+    """Phong / Blinn-Phong lighting for :func:`jaxface.render.render` (instead of SH).
+
+    Attributes:
+      lights: tuple of :class:`DirectionalLight` / :class:`PointLight` (camera frame; the
+        tuple's length is static).
+      material: :class:`PhongMaterial` (default: ``k_a = k_d = 1``, no specular).
+      ambient: ambient light colour, scalar or (3,).
+      blinn: static; half-vector (Blinn) or reflection-vector (Phong) highlights.
+      shadows: static; each light's contribution is multiplied by its shadow-map visibility
+        (:func:`jaxface.render.shadow.shadow_visibility`, a map rendered from the light).
+      shadow_map_size: static texels per side of each shadow map.
+      shadow_pcf: static odd percentage-closer-filtering kernel (soft shadow edges).
+    """
+
+    lights: Any
+    material: Any = None
+    ambient: Any = 0.0
+    blinn: bool = static_field(default=True)
+    shadows: bool = static_field(default=False)
+    shadow_map_size: int = static_field(default=256)
+    shadow_pcf: int = static_field(default=3)
 
 
 def _safe_pow(x: Array, p: Array) -> Array:

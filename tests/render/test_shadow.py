@@ -378,3 +378,60 @@ def test_ict_nose_shadow_on_cheek_matches_ray_casting(data_dir):
              & (np.abs(pts[:, 1] - tip[1]) < 15) & (nrm[sel] @ ldir > 0.1))
     assert cheek.sum() > 10
     assert np.mean(vis[cheek] == 0) > 0.5 and np.mean(ref[cheek] == 0) > 0.5
+
+
+def _quad(x0, x1, y0, y1, z):
+    """Two triangles facing the camera (normal -z, towards the origin) at depth ``z``."""
+    v = np.array([[x0, y0, z], [x1, y0, z], [x1, y1, z], [x0, y1, z]], np.float32)
+    return v, np.array([[0, 2, 1], [0, 3, 2]], np.int32)
+
+
+def test_render_mesh_with_shadowed_phong_lights():
+    """A ground plane at z = 600 mm and a 40 mm square occluder at z = 500 mm, lit by a
+    directional light tilted 16.7 deg towards +x: the occluder's shadow lands 30 mm towards
+    -x on the ground (analytic footprint x in [-50, -10], y in [-20, 20] mm), partly hidden
+    behind the occluder. ``PhongLighting(shadows=True)`` must darken exactly that, and
+    nothing without shadows."""
+    from jaxface.camera import PerspectiveCamera
+    from jaxface.render.pipeline import render_mesh
+    from jaxface.render.shading import DirectionalLight, PhongLighting
+
+    g, gt = _quad(-150, 150, -150, 150, 600.0)
+    o, ot = _quad(-20, 20, -20, 20, 500.0)
+    verts = jnp.asarray(np.concatenate([g, o]))
+    tris = np.concatenate([gt, ot + 4])
+    cam = PerspectiveCamera(fx=500.0, fy=500.0, cx=64.0, cy=64.0)
+    light = DirectionalLight(direction=jnp.array([0.3, 0.0, -1.0]))
+    kw = dict(albedo=jnp.full((8, 3), 0.8))
+    lit_val = 0.1 * 0.8 + 0.8 / np.sqrt(1.09)
+
+    def shade(shadows):
+        ph = PhongLighting(lights=(light,), ambient=0.1, shadows=shadows, shadow_map_size=256,
+                           shadow_pcf=1)
+        return np.asarray(jax.jit(lambda v: render_mesh(v, tris, cam, (128, 128), phong=ph,
+                                                         **kw).rgb)(verts))[..., 0]
+
+    lit, shadowed = shade(False), shade(True)
+    u = np.arange(128) + 0.5
+    uu, vv = np.meshgrid(u, u)
+    gx, gy = (uu - 64) * 600 / 500, (vv - 64) * 600 / 500  # ground points behind each pixel
+    on_occluder = (np.abs(uu - 64) < 20 * 500 / 500) & (np.abs(vv - 64) < 20)
+    in_shadow = (gx > -50) & (gx < -10) & (np.abs(gy) < 20) & ~on_occluder
+    # 2 px away from the footprint's and the occluder's outlines (map texels, soft edges)
+    core = (gx > -50 + 3) & (gx < -10 - 3) & (np.abs(gy) < 20 - 3) & (uu < 64 - 20 - 2)
+    clear = ~((gx > -50 - 3) & (gx < -10 + 3) & (np.abs(gy) < 20 + 3)) & ~on_occluder
+    clear &= ~((np.abs(uu - 64) < 22) & (np.abs(vv - 64) < 22))
+    assert core.sum() > 150
+    np.testing.assert_allclose(lit[in_shadow | clear], lit_val, atol=0.02)
+    np.testing.assert_allclose(shadowed[core], 0.1 * 0.8, atol=0.02)
+    np.testing.assert_allclose(shadowed[clear], lit_val, atol=0.02)
+    occ = on_occluder & (np.abs(uu - 64) < 18) & (np.abs(vv - 64) < 18)
+    np.testing.assert_allclose(shadowed[occ], lit_val, atol=0.02)  # the occluder is lit
+    # gradients through the shadowed shading stay finite
+    ph = PhongLighting(lights=(light,), ambient=0.1, shadows=True, shadow_map_size=64)
+    grad = jax.grad(lambda v: jnp.sum(render_mesh(v, tris, cam, (32, 32), phong=ph,
+                                                  **kw).rgb))(verts)
+    assert np.isfinite(np.asarray(grad)).all()
+    # the soft path shades (and shadows) per vertex
+    soft = render_mesh(verts, tris, cam, (32, 32), phong=ph, mode="soft", **kw).rgb
+    assert np.isfinite(np.asarray(soft)).all() and float(soft.max()) > 0.5
