@@ -76,3 +76,38 @@ def test_demo_end_to_end(tmp_path):
     assert len(res["landmarks2d"]) == 68 and res["landmark_rmse_px"] < 10.0
     assert np.asarray(res["sh"]).shape == (9, 3)
     assert 0.0 < res["photometric_error"] < 0.2
+
+
+def test_bench_runs_each_script_with_timeout_and_extra_args(tmp_path, capsys):
+    """``jaxface bench`` on stand-in benchmark scripts: results are tabled, per-benchmark
+    ``--args`` arrive, a failing and a stuck benchmark are reported without stopping the rest."""
+    d = tmp_path / "benchmarks"
+    d.mkdir()
+    ok = ("import json, sys\n"
+          "out = sys.argv[sys.argv.index('--out') + 1]\n"
+          "json.dump({'results': [{'case': 'a', 'argv': ' '.join(sys.argv[3:]), 'ms': 1.5}]},"
+          " open(out, 'w'))\n")
+    (d / "bench_alpha.py").write_text(ok)
+    (d / "bench_broken.py").write_text("raise SystemExit(3)\n")
+    (d / "bench_stuck.py").write_text("import time\ntime.sleep(60)\n")
+    out = tmp_path / "out"
+    rc = main(["bench", "--dir", str(d), "--out", str(out), "--timeout", "5", "--quick",
+               "--args", "alpha=--x 1 --y", "stuck=--z"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "failed: broken, stuck" in captured.err and "killed after 5 s" in captured.err
+    res = json.loads((out / "alpha.json").read_text())["results"][0]
+    assert res["argv"] == "--quick --x 1 --y"
+    assert "alpha" in captured.out and "ms=1.5" in captured.out
+    assert main(["bench", "--dir", str(d), "--args", "oops"]) == 1
+    assert "NAME=ARGS" in capsys.readouterr().err
+
+
+def test_bench_optional_dependencies():
+    from jaxface.cli.bench import _has, optional_arguments
+
+    lmk = optional_arguments("fit_landmarks")
+    assert ("--no-eos" in lmk) != _has("eos") and ("--no-dlib" in lmk) != _has("dlib")
+    assert (optional_arguments("detect_fit") is None) == (not (_has("mediapipe")
+                                                               and _has("dlib")))
+    assert optional_arguments("render") == []
