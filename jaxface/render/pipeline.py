@@ -217,7 +217,7 @@ def render_mesh(verts_cam: Any, triangles: Any, camera: Camera, image_size: tupl
         mask = antialias(mask[..., None], frags, scr.xyz, tri, neighbors=nbr)[..., 0]
     elif mode == "soft":
         sfr = soft_rasterize(scr.xyz, tri, (h, w), sigma=soft_sigma,
-                             faces_per_pixel=faces_per_pixel)
+                             faces_per_pixel=faces_per_pixel, w=scr.w)
         v_col = (alb * sh_shading(normals, light) if phong is None
                  else _shade_phong(phong, verts_cam, tri, alb, verts_cam, normals))
         cols = soft_interpolate(v_col, sfr, tri)

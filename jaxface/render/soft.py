@@ -210,7 +210,7 @@ def _select_k(v, tri, h, wd, radius, k_faces, chunk, tile):
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
-def _soft_single(sv, tri, h, wd, radius, k_faces, chunk, tile):
+def _soft_single(sv, tri, h, wd, radius, k_faces, chunk, tile, w=None):
     ids, overflow = _select_k(sv, tri, h, wd, radius, k_faces, chunk, tile)
     ids = ids.reshape(h, wd, k_faces)
     valid = ids >= 0
@@ -220,6 +220,11 @@ def _soft_single(sv, tri, h, wd, radius, k_faces, chunk, tile):
     py, px = jnp.meshgrid(jnp.arange(h, dtype=p.dtype) + 0.5, jnp.arange(wd, dtype=p.dtype) + 0.5,
                           indexing="ij")
     dist, b, _ = _point_tri(p, px[..., None], py[..., None])
+    if w is not None:
+        # perspective-correct: screen-space barycentrics weighted by 1 / w, renormalised
+        wt = jnp.maximum(w[tri][jnp.where(valid, ids, 0)], 1e-6)  # (H, W, K, 3)
+        q = b / wt
+        b = q / jnp.maximum(jnp.sum(q, -1, keepdims=True), 1e-30)
     depth = jnp.sum(b * p[..., 2], -1)
     return SoftFragments(
         triangle_id=ids,
@@ -241,6 +246,7 @@ def soft_rasterize(
     eps: float = 1e-4,
     fragment_chunk: int | None = None,
     tile: int = 2,
+    w: jax.Array | None = None,
 ) -> SoftFragments:
     """Find, per pixel, the ``faces_per_pixel`` (K) nearest faces within the blur radius.
 
@@ -254,12 +260,16 @@ def soft_rasterize(
       radius: blur radius in px; default :func:`soft_radius` ``(sigma, eps)``.
       eps: coverage threshold of the radius rule.
       fragment_chunk, tile: performance knobs as in :func:`rasterize`.
+      w: optional ``(V,)`` / ``(B, V)`` clip-space w per vertex (``to_screen(...).w``): the
+        barycentrics (and the interpolated depth) become perspective-correct, as in
+        :func:`rasterize`; the coverage distances stay in screen space.
 
     Returns:
       :class:`SoftFragments`; ``overflow`` counts faces within the radius beyond K per pixel.
-      ``barycentric``, ``depth`` and ``dist`` are differentiable w.r.t. ``screen_vertices``.
+      ``barycentric``, ``depth`` and ``dist`` are differentiable w.r.t. ``screen_vertices``
+      (and ``w``).
     """
-    sv, tri, (h, wd), _ = _check_inputs(screen_vertices, triangles, image_size, None)
+    sv, tri, (h, wd), w = _check_inputs(screen_vertices, triangles, image_size, w)
     if radius is None:
         radius = soft_radius(sigma, eps)
     radius = float(radius)
@@ -275,10 +285,14 @@ def soft_rasterize(
         4 * h * wd // (tile * tile), 4096)
     fn = functools.partial(_soft_single, tri=tri, h=h, wd=wd, radius=radius, k_faces=k_faces,
                            chunk=chunk, tile=tile)
-    if sv.ndim == 3:
-        return jax.vmap(lambda s: _soft_single(s, tri, h, wd, radius, k_faces, chunk, tile))(sv)
     del fn
-    return _soft_single(sv, tri, h, wd, radius, k_faces, chunk, tile)
+    if sv.ndim == 3:
+        if w is None:
+            return jax.vmap(lambda s: _soft_single(s, tri, h, wd, radius, k_faces, chunk,
+                                                   tile))(sv)
+        return jax.vmap(lambda s, ww: _soft_single(s, tri, h, wd, radius, k_faces, chunk, tile,
+                                                   w=ww))(sv, w)
+    return _soft_single(sv, tri, h, wd, radius, k_faces, chunk, tile, w=w)
 
 
 def soft_interpolate(attributes: jax.Array, fragments: SoftFragments,
