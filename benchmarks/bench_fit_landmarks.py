@@ -211,14 +211,14 @@ def _batched_child(meth: str, lms: np.ndarray, image_size: tuple[int, int], batc
     """Time one vmapped jaxface method (a child process: see ``_batched_with_watchdog``)."""
     model = jax.device_put(_face_model()[0])
     y = jnp.asarray(lms, jnp.float32)
+    # the model is closed over (concrete), as in main(): see fit_landmarks' note on speed
     if meth == "jaxface_nonlinear":
-        fn = jax.jit(jax.vmap(lambda m, v: fit_landmarks(m, v, image_size), in_axes=(None, 0)))
+        fn = jax.jit(jax.vmap(lambda v: fit_landmarks(model, v, image_size)))
     else:
-        fn = jax.jit(jax.vmap(lambda m, v: fit_linear(m, v, image_size, n_iterations=N_ITER),
-                              in_axes=(None, 0)))
+        fn = jax.jit(jax.vmap(lambda v: fit_linear(model, v, image_size, n_iterations=N_ITER)))
 
     def run_all():
-        return [jax.block_until_ready(fn(model, y[i:i + chunk])) for i in range(0, batch, chunk)]
+        return [jax.block_until_ready(fn(y[i:i + chunk])) for i in range(0, batch, chunk)]
 
     run_all()
     queue.put(_median_time(run_all, repeat))
@@ -227,9 +227,10 @@ def _batched_child(meth: str, lms: np.ndarray, image_size: tuple[int, int], batc
 def _batched_with_watchdog(meth: str, lms: np.ndarray, image_size: tuple[int, int], batch: int,
                            chunk: int, repeat: int, timeout: float) -> float | None:
     """Seconds for the whole batch, measured in a child process that is killed after
-    ``timeout`` seconds: repeated calls of the wide vmapped ``fit_linear`` now and then never
-    returned on the 2-core CPU (jax 0.10.2; every XLA worker thread idle, the caller waiting
-    for its buffers), and a hung benchmark must still write its JSON."""
+    ``timeout`` seconds: repeated calls of the wide vmapped ``fit_linear`` used to hang on the
+    2-core CPU (jax 0.10.2: two batched LAPACK calls running at once deadlock XLA:CPU's
+    intra-op pool, see ``jaxface.fit.linear._after``), and a hung benchmark must still write
+    its JSON."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
@@ -251,11 +252,9 @@ def _batched_with_watchdog(meth: str, lms: np.ndarray, image_size: tuple[int, in
 def main(argv: list[str] | None = None) -> int:
     def extra(p):
         p.add_argument("--batch", type=int, default=256, help="vmapped batch size")
-        p.add_argument("--linear-chunk", type=int, default=64,
+        p.add_argument("--linear-chunk", type=int, default=0,
                        help="vmap chunk of the batched linear fit (0: the whole batch in one "
-                            "call; repeated calls of the 256-wide vmapped fit_linear hung now "
-                            "and then inside XLA:CPU's runtime on the 2-core machine, jax "
-                            "0.10.2, every worker thread idle)")
+                            "call)")
         p.add_argument("--batch-timeout", type=float, default=600.0,
                        help="seconds before a batched timing's child process is killed")
         p.add_argument("--no-eos", action="store_true", help="skip eos")
@@ -277,8 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     gt = {s.name: s.landmarks2d for s in samples}
     yaw = {s.name: s.yaw_degrees for s in samples}
 
-    nonlin = jax.jit(lambda m, y: fit_landmarks(m, y, image_size))
-    lin = jax.jit(lambda m, y: fit_linear(m, y, image_size, n_iterations=N_ITER))
+    # The model is closed over, not a jit argument: fit_landmarks' contour search then reads
+    # only the mesh around the jawline candidates (with a traced model, the whole mesh).
+    nonlin = jax.jit(lambda y: fit_landmarks(dmodel, y, image_size))
+    lin = jax.jit(lambda y: fit_linear(dmodel, y, image_size, n_iterations=N_ITER))
     jax_methods = {"jaxface_nonlinear": nonlin, "jaxface_linear": lin}
 
     eosf = None
@@ -296,11 +297,13 @@ def main(argv: list[str] | None = None) -> int:
             y = jnp.asarray(lms, jnp.float32)
             row = {"image": name, "source": src, "yaw_deg": yaw[name]}
             for meth, fn in jax_methods.items():
-                res = fn(dmodel, y)
+                res = fn(y)
                 jax.block_until_ready(res)
-                t = _median_time(lambda fn=fn, y=y: fn(dmodel, y), repeat)
+                t = _median_time(lambda fn=fn, y=y: fn(y), repeat)
                 times.setdefault(meth, []).append(t)
                 row[meth] = _errors(np.asarray(res.landmarks2d), lms, gt[name])
+                if hasattr(res, "iterations"):
+                    row[meth]["iterations"] = int(res.iterations)
             if eosf is not None:
                 for meth, contour in (("eos_fixed", False), ("eos_contour", True)):
                     r = eosf.fit(lms, image_size, contour)

@@ -115,6 +115,20 @@ def affine_to_scaled_orthographic(matrix: Any) -> tuple[Array, Array, Array]:
     return rot, jnp.mean(s), p[:, 3]
 
 
+def _after(x: Array, dep: Array) -> Array:
+    """``x``, made data-dependent on ``dep`` (NaN where ``dep`` has a NaN), so that XLA runs
+    whatever consumes it after ``dep`` is computed.
+
+    Used to keep two batched LAPACK calls from running concurrently: jaxlib 0.10.2's CPU
+    LAPACK kernels (Cholesky, eigh, ...) split a batch into tasks on XLA:CPU's intra-op
+    thread pool and block their worker until those tasks are done, so as many concurrent
+    batched LAPACK calls as pool threads (2 on a 2-core machine) deadlock the pool: every
+    worker waits, the process hangs with all threads idle. (``lax.optimization_barrier``
+    does not order them: XLA:CPU expands it away.)
+    """
+    return jnp.where(jnp.isnan(jnp.sum(dep)), jnp.full_like(x, jnp.nan), x)
+
+
 def solve_box_qp(h: Array, g: Array, x0: Array, lower: float = 0.0, upper: float = 1.0,
                  iterations: int = 100) -> Array:
     """``argmin_x 0.5 x^T H x - g^T x`` subject to ``lower <= x <= upper`` (ADMM).
@@ -318,6 +332,9 @@ def _fit_linear(model: MorphableModel, observed: Array, weights: Array, sigma: A
         if fit_expression:
             target = y - proj(p, m + jnp.einsum("n,nlc->lc", a, b, precision=_HI))
             h, g = normal_eq(p, e, target, lambda_ex)
+            # ``h`` does not depend on the identity solve: without this, XLA may run the
+            # two factorisations at once, see ``_after``.
+            h = _after(h, a)
             if blend:
                 beta = solve_box_qp(h, g, beta, 0.0, 1.0, expression_iterations)
             else:

@@ -129,6 +129,32 @@ def test_vmap_over_images_matches_single(model):
     np.testing.assert_allclose(batched.landmarks2d[1], single.landmarks2d, atol=0.05)
 
 
+@pytest.mark.parametrize("inner", [1, 3])
+def test_flat_loop_matches_nested_loop(model, inner):
+    # A concrete model runs the rounds in one while loop, re-matching the contour on the mesh
+    # around the candidates; a traced one (an outer jit's argument) in nested round / step
+    # loops, on the whole mesh. Same rounds, same result.
+    s = _synthetic(model, 3, [0.05, 0.6, 0.0], noise_px=0.5)
+    kw = dict(focal=640.0, inner_iterations=inner, outer_iterations=4)
+    flat = fit_landmarks(model, s["lm"], (H, W), **kw)
+    nested = jax.jit(lambda m, y: fit_landmarks(m, y, (H, W), **kw))(model, s["lm"])
+    assert int(flat.iterations) == int(nested.iterations) >= 3
+    assert bool(flat.converged) == bool(nested.converged)
+    np.testing.assert_array_equal(flat.landmark_vertex_ids, nested.landmark_vertex_ids)
+    np.testing.assert_allclose(flat.landmarks2d, nested.landmarks2d, atol=0.02)
+    np.testing.assert_allclose(flat.cost, nested.cost, rtol=1e-4)
+
+
+def test_pose_steps_lower_the_energy(model):
+    # from the frontal guess, a few pose-only steps before the full LM keep the shape from
+    # absorbing the pose error: the fit ends at a lower energy with them
+    s = _synthetic(model, 10, [0.1, 0.7, 0.05], noise_px=1.0)
+    with_pose = fit_landmarks(model, s["lm"], (H, W), focal=640.0)
+    without = fit_landmarks(model, s["lm"], (H, W), focal=640.0, pose_iterations=0)
+    assert float(with_pose.cost) < float(without.cost) * 1.001
+    assert _angle_deg(with_pose.rotation, s["rot"]) < 5.0
+
+
 def test_missing_landmarks_are_ignored(model):
     s = _synthetic(model, 6, [0.0, 0.1, 0.0])
     lm = s["lm"].copy()
@@ -161,6 +187,10 @@ def test_bad_input(model):
         fit_landmarks(model, np.zeros((68, 2)), (H, W), landmark_set="nope")
     with pytest.raises(ValueError, match="robust"):
         fit_landmarks(model, np.zeros((68, 2)) + 100, (H, W), robust="cauchy")
+    with pytest.raises(ValueError, match="inner_iterations"):
+        fit_landmarks(model, np.zeros((68, 2)) + 100, (H, W), inner_iterations=0)
+    with pytest.raises(ValueError, match="pose_iterations"):
+        fit_landmarks(model, np.zeros((68, 2)) + 100, (H, W), pose_iterations=-1)
 
 
 @pytest.mark.parametrize("solver", ["adam", "lbfgs"])
