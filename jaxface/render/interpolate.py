@@ -17,11 +17,14 @@ def _interp_single(attr: jax.Array, tid: jax.Array, bary: jax.Array, tri: jax.Ar
     # background pixels read an out-of-range row: zeros forward, dropped in the backward scatter
     idx = jnp.where(tid >= 0, tid, nf)
     rows = jnp.take(table, idx, axis=0, mode="fill", fill_value=0)
-    b0, b1, b2 = bary[..., 0], bary[..., 1], bary[..., 2]
+    # unstack (not three slices): its transpose is one stack, not a sum of three padded arrays
+    b0, b1, b2 = jnp.unstack(bary, axis=-1)
     # per-channel planes: no broadcast over a short axis, whose transpose (a reduction over
-    # that axis) is very slow on XLA:CPU
+    # that axis) is very slow on XLA:CPU; stacked first and moved last (XLA:CPU then computes
+    # them plane by plane, not the whole expression again for each channel of each pixel)
     out = jnp.stack([b0 * rows[..., k] + b1 * rows[..., c + k] + b2 * rows[..., 2 * c + k]
-                     for k in range(c)], axis=-1)
+                     for k in range(c)], axis=0)
+    out = jnp.moveaxis(out, 0, -1)
     return jnp.where((tid >= 0)[..., None], out, jnp.zeros((), out.dtype))
 
 

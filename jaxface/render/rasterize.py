@@ -6,29 +6,41 @@ and ``z`` a depth where smaller is nearer. ``image_size`` is ``(H, W)``.
 
 Algorithm (exact, no fixed capacity that can drop anything):
 
-1. Per triangle, the clipped bounding box of the pixel *centres* it can cover gives a candidate
-   count ``n_t = nx_t * ny_t``. An exclusive cumulative sum lays all candidate (triangle, pixel)
-   pairs ("fragments") out on one line of length ``N = sum n_t``.
-2. The line is processed in static-size chunks of ``fragment_chunk`` fragments inside a
-   ``lax.while_loop`` that runs ``ceil(N / chunk)`` times, so every fragment is visited whatever
-   the triangle sizes are. For each fragment: the inside test (edge functions evaluated relative to
-   a vertex, inclusive on edges so that shared edges leave no holes), the interpolated depth, and a
-   ``scatter-min`` of a 64-bit key into the z-buffer: the float32 depth's order-preserving bits in
-   the high word, the int32 triangle id in the low word. One pass thus picks the nearest fragment
-   and, among bitwise-equal depths, the smallest triangle id, deterministically (integer ``min``
-   is order-independent, and each fragment's depth is computed once); there is no limit on the
-   number of triangles and no depth quantisation. (The keys use 64-bit types locally, through
-   ``jax.enable_x64``; everything else stays 32-bit.)
+1. Per triangle (computed on struct-of-arrays ``(F,)`` vectors), the clipped bounding box of the
+   pixel *centres* it can cover is cut into ``tile x tile`` pixel tiles, ``n_t = ceil(nx_t /
+   tile) * ceil(ny_t / tile)`` of them. An exclusive cumulative sum lays all candidate
+   (triangle, tile) pairs out on one line of length ``N = sum n_t``; one float32 table row per
+   triangle holds everything a tile needs (vertices, ``1/w``, box), fetched by one gather.
+2. The line is processed in static-size chunks of ``fragment_chunk`` tiles inside a
+   ``lax.while_loop`` that runs ``ceil(N / chunk)`` times, so every fragment (tile pixel) is
+   visited whatever the triangle sizes are. Each chunk entry finds its triangle (a scatter of
+   the triangles' start marks and a cumulative sum) and its tile in the box; the pixel centres
+   are computed in float32 (exact: integers and halves below ``2**24``). For each fragment: the
+   inside test (edge functions evaluated relative to a vertex, inclusive on edges so that shared
+   edges leave no holes), the interpolated depth, and a ``scatter-min`` of a 64-bit key into the
+   z-buffer: the float32 depth's order-preserving bits in the high word, the int32 triangle id in
+   the low word. One pass thus picks the nearest fragment and, among bitwise-equal depths, the
+   smallest triangle id, deterministically (integer ``min`` is order-independent, and each
+   fragment's depth is computed once, by the same float32 expression whatever the tile and chunk
+   sizes); there is no limit on the number of triangles and no depth quantisation. (The keys use
+   64-bit types locally, through ``jax.enable_x64``; everything else stays 32-bit.) The default
+   chunk (:func:`default_fragment_chunk`) is capped for large images: on CPU, large loop
+   temporaries cost more (page faults) than extra chunks.
 3. So that the int32 offsets stay exact whatever ``N`` is, triangles are grouped into
    consecutive "epochs" of about ``2**29`` tiles (an outer ``while_loop``; one epoch for any
    ordinary mesh, and no epoch bookkeeping when the sizes make one epoch certain).
 
-Only the winning triangle's barycentrics are then computed per pixel (:func:`barycentric_from_ids`).
+Only the winning triangle's barycentrics are then computed per pixel (:func:`barycentric_from_ids`),
+from one gathered row of its vertices per pixel.
 
-``triangle_id`` is not differentiable. ``barycentric`` and ``depth`` are recomputed from the
-winning triangle's vertices with differentiable arithmetic, so gradients flow to
+``triangle_id`` is not differentiable: the z-buffer sees ``stop_gradient`` inputs, so neither
+autodiff mode ever re-runs or differentiates it. ``barycentric`` and ``depth`` are recomputed from
+the winning triangle's vertices with differentiable arithmetic, so gradients flow to
 ``screen_vertices`` (and ``w``) through interpolation; background and degenerate cases are guarded
-with the double-``where`` trick so that gradients are never NaN.
+with the double-``where`` trick so that gradients are never NaN. Their derivative is a
+hand-written JVP (a ``custom_jvp``, so forward and reverse mode both work) whose transpose is a
+few per-pixel expressions and one scatter-add per row entry: plain autodiff of the same code
+compiles, on XLA:CPU, into a fusion that re-evaluates the whole cotangent graph per row entry.
 """
 
 from __future__ import annotations
@@ -46,6 +58,9 @@ __all__ = ["Fragments", "rasterize", "barycentric_from_ids"]
 
 # Tiles per epoch (int32 offset arithmetic stays exact: an epoch holds < _EPOCH + 2**24 tiles).
 _EPOCH = float(2**29)
+# Below this many tiles per triangle (at most), a tile's place in its box comes from an exact
+# float32 division rather than int32 ``//`` and ``%``.
+_FLOAT_DIV_TILES = 2**22
 
 
 @pytree_dataclass
@@ -110,42 +125,6 @@ def _check_inputs(screen_vertices: Any, triangles: Any, image_size: Any, w: Any)
     return sv, tri.astype(jnp.int32), (h, wd), w
 
 
-def _all3(a: jax.Array) -> jax.Array:
-    return a[:, 0] & a[:, 1] & a[:, 2]
-
-
-def _min3(a: jax.Array) -> jax.Array:
-    return jnp.minimum(jnp.minimum(a[:, 0], a[:, 1]), a[:, 2])
-
-
-def _max3(a: jax.Array) -> jax.Array:
-    return jnp.maximum(jnp.maximum(a[:, 0], a[:, 1]), a[:, 2])
-
-
-def _triangle_table(v: jax.Array, tri: jax.Array, w: jax.Array | None, cull: bool):
-    """Per-triangle data for the fragment loop.
-
-    Returns ``(table (F, 12) float32, jmin, imin, nx, count)`` where a table row is
-    ``x0 y0 x1 y1 x2 y2 z0 z1 z2 q0 q1 q2`` with ``q = 1/w`` (ones without perspective).
-    """
-    p = v[tri]  # (F, 3, 3)
-    x, y, z = p[..., 0], p[..., 1], p[..., 2]
-    if w is None:
-        q = jnp.ones_like(z)
-    else:
-        wt = w[tri]
-        q = 1.0 / jnp.where(wt == 0, 1.0, wt)
-    area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0])
-    # explicit elementwise ops: reductions over a length-3 axis are slow on XLA:CPU
-    finite = _all3(jnp.isfinite(x)) & _all3(jnp.isfinite(y)) & _all3(jnp.isfinite(z))
-    if w is not None:  # (q is a constant without w: no need to check, nor to constant-fold)
-        finite = finite & _all3(jnp.isfinite(q))
-    ok = finite & (area != 0)
-    if cull:
-        ok = ok & (area < 0)
-    return p, x, y, z, q, area, ok
-
-
 def _cumsum_int(x: jax.Array, block: int = 64) -> jax.Array:
     """Exact inclusive cumulative sum of a non-negative int32 vector ``(n,)``, each entry below
     ``2**24``, whose total fits int32.
@@ -183,9 +162,30 @@ def _cumsum_small(x: jax.Array, block: int = 128) -> jax.Array:
     return (c + off[:, None]).astype(jnp.int32).reshape(-1)[:n]
 
 
+def _chunk_owners(k: jax.Array, offsets: jax.Array, chunk: int, nf: int):
+    """Owners of the entries of chunk ``k`` of a stream in which triangle ``t`` owns entries
+    ``offsets[t] .. offsets[t+1] - 1`` (``offsets (F,) int32`` exclusive, non-decreasing).
+
+    Returns ``(t, f, local)``, each ``(chunk,) int32``: the owning triangle (clipped into
+    ``[0, F)``; meaningless past the stream's end), the stream index and its rank within the
+    triangle's entries.
+    """
+    base = k * chunk
+    rel = offsets - base
+    inrange = (rel >= 1) & (rel < chunk)
+    marks = jnp.zeros((chunk,), jnp.int32).at[jnp.where(inrange, rel, chunk)].add(
+        1, mode="drop")
+    before = jnp.sum(offsets <= base, dtype=jnp.int32) - 1
+    # marks sum to at most F: a single float32 matmul is exact below 2**24 triangles
+    cumsum = _cumsum_small if nf < 2**24 else _cumsum_int
+    t = jnp.clip(before + cumsum(marks), 0, max(nf - 1, 0))
+    f = base + jnp.arange(chunk, dtype=jnp.int32)
+    return t, f, f - offsets[t]
+
+
 def _chunk_tiles(tab: jax.Array, bbox_col: int, chunk: int, tile: int,
                  max_tiles: int | None = None):
-    """The chunk -> (triangle, tile pixel) expansion of a tile stream, shared by the rasterisers.
+    """The chunk -> (triangle, tile pixel) expansion of a tile stream (the soft rasteriser's).
 
     The stream enumerates, triangle after triangle, the ``tile x tile`` pixel tiles covering each
     triangle's pixel box: triangle ``t`` owns stream entries ``offsets[t] .. offsets[t] +
@@ -208,27 +208,17 @@ def _chunk_tiles(tab: jax.Array, bbox_col: int, chunk: int, tile: int,
       (entry below ``total`` and pixel inside the triangle's box).
     """
     nf = tab.shape[0]
-    # marks sum to at most F: a single float32 matmul is exact below 2**24 triangles
-    cumsum = _cumsum_small if nf < 2**24 else _cumsum_int
     # a triangle has at most ceil(H / tile) * ceil(W / tile) tiles (< 2**22: float division)
     float_div = max_tiles is not None and max_tiles < 2**22
-    # built once, here (outside the caller's loops): same trace, same compiled code as before
-    ty_, tx_ = jnp.meshgrid(jnp.arange(tile, dtype=jnp.int32), jnp.arange(tile, dtype=jnp.int32),
-                            indexing="ij")
+    # NumPy, so that they are literal constants inside the caller's loops
+    ty_, tx_ = np.meshgrid(np.arange(tile, dtype=np.int32), np.arange(tile, dtype=np.int32),
+                           indexing="ij")
     ty_, tx_ = ty_.reshape(-1), tx_.reshape(-1)
     c = bbox_col
 
     def expand(k: jax.Array, offsets: jax.Array, total: jax.Array):
-        base = k * chunk
-        rel = offsets - base
-        inrange = (rel >= 1) & (rel < chunk)
-        marks = jnp.zeros((chunk,), jnp.int32).at[jnp.where(inrange, rel, chunk)].add(
-            1, mode="drop")
-        before = jnp.sum(offsets <= base, dtype=jnp.int32) - 1
-        t = jnp.clip(before + cumsum(marks), 0, max(nf - 1, 0))
-        f = base + jnp.arange(chunk, dtype=jnp.int32)
+        t, f, local = _chunk_owners(k, offsets, chunk, nf)
         row = tab[t]
-        local = f - offsets[t]
         ntxt = row[:, c + 4].astype(jnp.int32)
         if float_div:
             # exact: local < 2**22, so (local + 0.5) / ntxt is within 0.25 / ntxt of its true
@@ -247,11 +237,12 @@ def _chunk_tiles(tab: jax.Array, bbox_col: int, chunk: int, tile: int,
 
 
 def _bbox(x, y, ok, h: int, wd: int):
+    """Clipped pixel-centre box of triangles given as ``(3, F)`` corner coordinates."""
     big = 4.0 * max(h, wd) + 8.0
-    xmin = jnp.clip(_min3(x), -big, big)
-    xmax = jnp.clip(_max3(x), -big, big)
-    ymin = jnp.clip(_min3(y), -big, big)
-    ymax = jnp.clip(_max3(y), -big, big)
+    xmin = jnp.clip(jnp.minimum(jnp.minimum(x[0], x[1]), x[2]), -big, big)
+    xmax = jnp.clip(jnp.maximum(jnp.maximum(x[0], x[1]), x[2]), -big, big)
+    ymin = jnp.clip(jnp.minimum(jnp.minimum(y[0], y[1]), y[2]), -big, big)
+    ymax = jnp.clip(jnp.maximum(jnp.maximum(y[0], y[1]), y[2]), -big, big)
     jmin = jnp.maximum(jnp.ceil(xmin - 0.5), 0.0)
     jmax = jnp.minimum(jnp.floor(xmax - 0.5), wd - 1.0)
     imin = jnp.maximum(jnp.ceil(ymin - 0.5), 0.0)
@@ -261,13 +252,12 @@ def _bbox(x, y, ok, h: int, wd: int):
     return jmin, imin, jmax, imax, nx, ny
 
 
-def _eval_fragments(table: jax.Array, px: jax.Array, py: jax.Array, valid: jax.Array):
-    """Inside test and depth of fragments; ``table[..., k]`` broadcast against ``px``/``py``.
+def _eval_fragments(cols: list, px: jax.Array, py: jax.Array, valid: jax.Array):
+    """Inside test and depth of fragments; the 12 columns broadcast against ``px``/``py``.
 
-    Table columns: ``x0 y0 x1 y1 x2 y2 z0 z1 z2 q0 q1 q2`` with ``q = 1/w``.
+    Columns: ``x0 y0 x1 y1 x2 y2 z0 z1 z2 q0 q1 q2`` with ``q = 1/w``.
     """
-    x0, y0, x1, y1, x2, y2 = (table[..., k] for k in range(6))
-    z0, z1, z2, q0, q1, q2 = (table[..., k] for k in range(6, 12))
+    x0, y0, x1, y1, x2, y2, z0, z1, z2, q0, q1, q2 = cols
     # edge functions: e0 opposite vertex 0 (edge v1->v2), etc.; their sum is the signed area
     e0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)
     e1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)
@@ -316,9 +306,27 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
     v = jax.lax.stop_gradient(v)
     w = None if w is None else jax.lax.stop_gradient(w)
     npix = h * wd
-    p, x, y, z, q, area, ok = _triangle_table(v, tri, w, cull)
-    table = jnp.concatenate([jnp.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1], x[:, 2], y[:, 2]], 1),
-                             z, q], axis=1).astype(jnp.float32)
+    nf = tri.shape[0]
+    if nf == 0:
+        return jnp.full((npix,), -1, jnp.int32)
+    # struct of arrays (coordinate, corner, F): every per-triangle quantity below is computed
+    # on contiguous (F,) vectors
+    pt = jnp.transpose(v[tri], (2, 1, 0))
+    x, y, z = pt[0], pt[1], pt[2]
+    if w is None:
+        q = None
+    else:
+        wt = w[tri].T
+        q = 1.0 / jnp.where(wt == 0, 1.0, wt)
+    area = (x[1] - x[0]) * (y[2] - y[0]) - (x[2] - x[0]) * (y[1] - y[0])
+    finite = jnp.isfinite(x[0]) & jnp.isfinite(x[1]) & jnp.isfinite(x[2])
+    finite = finite & jnp.isfinite(y[0]) & jnp.isfinite(y[1]) & jnp.isfinite(y[2])
+    finite = finite & jnp.isfinite(z[0]) & jnp.isfinite(z[1]) & jnp.isfinite(z[2])
+    if q is not None:
+        finite = finite & jnp.isfinite(q[0]) & jnp.isfinite(q[1]) & jnp.isfinite(q[2])
+    ok = finite & (area != 0)
+    if cull:
+        ok = ok & (area < 0)
     jmin, imin, jmax, imax, nx, ny = _bbox(x, y, ok, h, wd)
     ntx = jnp.ceil(nx / tile)
     countf = (ntx * jnp.ceil(ny / tile)).astype(jnp.float32)
@@ -327,33 +335,63 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
     epoch_of = jnp.floor((_cumsum_float(countf) - countf) / _EPOCH).astype(jnp.int32)
     epoch_of = jnp.where(countf > 0, epoch_of, -1)
     n_epochs = jnp.max(epoch_of, initial=-1) + 1
-    # ints below 2**24 are exact in float32: one gather fetches everything a tile needs
-    tab = jnp.concatenate(
-        [table, jnp.stack([jmin, imin, jmax, imax, jnp.maximum(ntx, 1.0)], 1).astype(jnp.float32)],
-        axis=1)
+    # one row per triangle, ints below 2**24 exact in float32: one gather fetches everything
+    # a tile needs (x0 y0 x1 y1 x2 y2 z0 z1 z2 [q0 q1 q2] jmin imin jmax imax max(ntx, 1))
+    cols = [x[0], y[0], x[1], y[1], x[2], y[2], z[0], z[1], z[2]]
+    if q is not None:
+        cols += [q[0], q[1], q[2]]
+    nc = len(cols)
+    cols += [jmin, imin, jmax, imax, jnp.maximum(ntx, 1.0)]
+    tab = jnp.stack([c.astype(jnp.float32) for c in cols], axis=1)
+    one = jnp.ones((), jnp.float32)
     max_tiles = -(-h // tile) * -(-wd // tile)  # of one triangle
-    expand = _chunk_tiles(tab, 12, chunk, tile, max_tiles)
+    float_div = max_tiles < _FLOAT_DIV_TILES
+    # the tile's pixel offsets: NumPy, so that they are literal constants in the loop body
+    ty_, tx_ = np.meshgrid(np.arange(tile, dtype=np.float32), np.arange(tile, dtype=np.float32),
+                           indexing="ij")
+    ty_, tx_ = ty_.reshape(1, -1), tx_.reshape(1, -1)
     # statically a single epoch when even F full-image triangles keep int32 offsets exact
-    one_epoch = tri.shape[0] * max_tiles + chunk <= min(2**31 - 1, 4 * _EPOCH)
+    one_epoch = nf * max_tiles + chunk <= min(2**31 - 1, 4 * _EPOCH)
 
     def epoch_stream(e):
         if one_epoch:
             count = countf.astype(jnp.int32)
         else:
             count = jnp.where(epoch_of == e, countf, 0.0).astype(jnp.int32)
-        offsets = _cumsum_int(count) - count  # exclusive
-        total = jnp.sum(count, dtype=jnp.int32)
-        return offsets, total
+        incl = _cumsum_int(count)
+        # exclusive offsets and total from the inclusive sums (count is not recomputed)
+        offsets = jnp.concatenate([jnp.zeros((1,), jnp.int32), incl[:-1]])
+        return offsets, incl[-1]
 
     def chunk_update(k, offsets, total, zbuf):
-        t, row, col, rr, valid = expand(k, offsets, total)
-        px = col.astype(jnp.float32) + 0.5
-        py = rr.astype(jnp.float32) + 0.5
-        inside, depth = _eval_fragments(row[:, None, :12], px, py, valid)
-        pix = jnp.where(inside, rr * wd + col, npix).reshape(-1)
+        t, f, local = _chunk_owners(k, offsets, chunk, nf)
+        row = tab[t]
+        rc = [row[:, c:c + 1] for c in range(tab.shape[1])]
+        jminr, iminr, jmaxr, imaxr, ntxr = rc[nc:]
+        if float_div:
+            # exact: local < 2**22, so (local + 0.5) / ntx is within 0.25 / ntx of its true
+            # value, whose distance to the nearest integer is at least 0.5 / ntx
+            lf = local[:, None].astype(jnp.float32)
+            qy = jnp.floor((lf + 0.5) / ntxr)
+            qx = lf - qy * ntxr
+        else:
+            li = local[:, None]
+            ni = ntxr.astype(jnp.int32)
+            qy, qx = (li // ni).astype(jnp.float32), (li % ni).astype(jnp.float32)
+        # (chunk, tile**2) pixel centres, in float32 (exact: integers and halves below 2**24);
+        # float rather than int32 position arithmetic (which XLA:CPU vectorises poorly here)
+        px = (jminr + qx * tile + 0.5) + tx_
+        py = (iminr + qy * tile + 0.5) + ty_
+        # valid: an entry of the stream, and a pixel inside the triangle's box (so in the image)
+        valid = (f < total)[:, None] & (px <= jmaxr + 0.5) & (py <= imaxr + 0.5)
+        if q is None:
+            rc[nc:nc] = [one, one, one]
+        inside, depth = _eval_fragments(rc[:12], px, py, valid)
+        pix = jnp.where(inside, (py - 0.5) * wd + (px - 0.5), float(npix))
         with jax.enable_x64(True):
             key = _depth_keys(depth, jnp.broadcast_to(t[:, None], inside.shape), inside)
-            return zbuf.at[pix].min(key.reshape(-1), mode="drop")
+            # unsigned indices: no negative-index wrapping (an op on the flattened indices)
+            return zbuf.at[pix.astype(jnp.uint32).reshape(-1)].min(key.reshape(-1), mode="drop")
 
     def epoch_body(c):
         e, zb = c
@@ -378,18 +416,17 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
     return jax.lax.bitcast_convert_type(low, jnp.int32)
 
 
-def _pixel_bary(rows: jax.Array, covered: jax.Array, perspective: bool):
+def _pixel_bary(cols: list, covered: jax.Array, perspective: bool):
     """Barycentrics of the pixel centres in per-pixel triangle rows (struct-of-arrays math).
 
-    ``rows`` is ``(C, H, W)`` (planes): ``x0 y0 z0 x1 y1 z1 x2 y2 z2`` (``C = 9``) and, with
-    ``perspective``, ``w0 w1 w2`` (``C = 12``). Returns
-    ``(px, py, cols, wk, a, den_safe, good, b)`` (lists of ``(H, W)`` planes where plural).
+    ``cols`` are ``(H, W)`` planes ``x0 y0 z0 x1 y1 z1 x2 y2 z2`` and, with ``perspective``,
+    ``w0 w1 w2``. Returns ``(px, py, wk, a, den_safe, good, b)`` (lists of ``(H, W)`` planes
+    where plural).
     """
     h, wd = covered.shape
-    cols = [rows[k] for k in range(rows.shape[0])]
     x0, y0, _, x1, y1, _, x2, y2, _ = cols[:9]
-    py, px = jnp.meshgrid(jnp.arange(h, dtype=rows.dtype) + 0.5,
-                          jnp.arange(wd, dtype=rows.dtype) + 0.5, indexing="ij")
+    py, px = jnp.meshgrid(jnp.arange(h, dtype=x0.dtype) + 0.5,
+                          jnp.arange(wd, dtype=x0.dtype) + 0.5, indexing="ij")
     e = [(x2 - x1) * (py - y1) - (y2 - y1) * (px - x1),
          (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2),
          (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)]
@@ -402,31 +439,72 @@ def _pixel_bary(rows: jax.Array, covered: jax.Array, perspective: bool):
     good = covered & (den != 0)
     den_safe = jnp.where(good, den, 1.0)
     b = [jnp.where(good, a[k] / den_safe, 0.0) for k in range(3)]
-    return px, py, cols, wk, a, den_safe, good, b
+    return px, py, wk, a, den_safe, good, b
 
 
-def _gather_planes(table: jax.Array, tid: jax.Array, covered: jax.Array) -> jax.Array:
-    """``(C, H, W)`` planes of the rows ``table (F, C)`` of the pixels' triangles (zeros on
-    background): one row gather (cheapest on CPU), viewed as planes."""
+def _gather_planes(table: jax.Array, tid: jax.Array, covered: jax.Array) -> list:
+    """``C`` planes ``(H, W)`` of the rows ``table (F, C)`` of the pixels' triangles (zeros on
+    background): one row gather (cheapest on CPU), unstacked along its last axis (whose
+    transpose is a single stack, not a sum of ``C`` padded planes)."""
+    if table.shape[0] == 0:  # no triangles: every pixel is background
+        return [jnp.zeros(tid.shape, table.dtype)] * table.shape[1]
     idx = jnp.where(covered, tid, table.shape[0])
-    return jnp.moveaxis(jnp.take(table, idx, axis=0, mode="fill", fill_value=0), -1, 0)
+    return list(jnp.unstack(jnp.take(table, idx, axis=0, mode="fill", fill_value=0), axis=-1))
 
 
-def _bary_depth_fwd_math(rows, covered, perspective):
-    _, _, cols, _, _, _, _, b = _pixel_bary(rows, covered, perspective)
+def _bary_depth_fwd_math(cols: list, covered: jax.Array, perspective: bool):
+    b = _pixel_bary(cols, covered, perspective)[-1]
     depth = jnp.where(covered, b[0] * cols[2] + b[1] * cols[5] + b[2] * cols[8], jnp.inf)
-    return jnp.stack(b, axis=-1), depth
+    return b, depth
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _bary_depth(table: jax.Array, tid: jax.Array, covered: jax.Array, perspective: bool):
     """``(barycentric (H, W, 3), depth (H, W))`` from per-triangle rows ``table (F, C)``.
 
-    Plain autodiff (forward and reverse mode). Written plane by plane, with no broadcast or
-    reduction over a length-3 axis and a gather whose out-of-range background rows are zeros
-    forward and dropped in the backward scatter: on XLA:CPU that is faster, forward and
-    backward, than the equivalent ``(H, W, 3)`` array code.
+    Written plane by plane, with no broadcast or reduction over a length-3 axis and a gather
+    whose out-of-range background rows are zeros forward and dropped in the backward scatter.
+    Differentiable in forward and reverse mode through a hand-written JVP
+    (:func:`_bary_depth_jvp`): plain autodiff of the plane code transposes into one XLA:CPU
+    fusion that recomputes the whole cotangent graph for each of the ``C`` row entries.
     """
-    return _bary_depth_fwd_math(_gather_planes(table, tid, covered), covered, perspective)
+    b, depth = _bary_depth_fwd_math(_gather_planes(table, tid, covered), covered, perspective)
+    return jnp.stack(b, axis=-1), depth
+
+
+@_bary_depth.defjvp
+def _bary_depth_jvp(perspective: bool, primals: tuple, tangents: tuple):
+    """JVP of :func:`_bary_depth` (linear in the table tangent; JAX transposes it for VJPs).
+
+    With ``e_k`` the edge functions, ``a_k = e_k / w_k`` (``a = e`` without perspective),
+    ``A = a_0 + a_1 + a_2`` and ``b_k = a_k / A``: ``db_k = (da_k - b_k dA) / A``,
+    ``da_k = (de_k - a_k dw_k) / w_k`` and ``d depth = sum_k (db_k z_k + b_k dz_k)``, all masked
+    like the forward (no gradient through background or degenerate pixels). ``de_k`` is written
+    as a combination of the vertex tangents with coefficients that are differences of the
+    pixel's rows and coordinates, so that the transpose is one short expression per row entry.
+    """
+    table, tid, covered = primals
+    dtable = tangents[0]
+    cols = _gather_planes(table, tid, covered)
+    px, py, wk, a, den_safe, good, b = _pixel_bary(cols, covered, perspective)
+    x0, y0, z0, x1, y1, z1, x2, y2, z2 = cols[:9]
+    depth = jnp.where(covered, b[0] * z0 + b[1] * z1 + b[2] * z2, jnp.inf)
+    d = _gather_planes(dtable, tid, covered)
+    dx0, dy0, dz0, dx1, dy1, dz1, dx2, dy2, dz2 = d[:9]
+    # e0 = (x2 - x1)(py - y1) - (y2 - y1)(px - x1), and cyclically
+    de = [dx1 * (y2 - py) + dx2 * (py - y1) + dy1 * (px - x2) + dy2 * (x1 - px),
+          dx2 * (y0 - py) + dx0 * (py - y2) + dy2 * (px - x0) + dy0 * (x2 - px),
+          dx0 * (y1 - py) + dx1 * (py - y0) + dy0 * (px - x1) + dy1 * (x0 - px)]
+    if perspective:
+        dw = [jnp.where(covered & (cols[9 + k] != 0), d[9 + k], 0.0) for k in range(3)]
+        da = [(de[k] - a[k] * dw[k]) / wk[k] for k in range(3)]
+    else:
+        da = de
+    dden = da[0] + da[1] + da[2]
+    db = [jnp.where(good, (da[k] - b[k] * dden) / den_safe, 0.0) for k in range(3)]
+    ddepth = jnp.where(covered, db[0] * z0 + db[1] * z1 + db[2] * z2
+                       + b[0] * dz0 + b[1] * dz1 + b[2] * dz2, 0.0)
+    return (jnp.stack(b, axis=-1), depth), (jnp.stack(db, axis=-1), ddepth)
 
 
 def barycentric_from_ids(
@@ -465,11 +543,19 @@ def _rasterize_single(sv, tri, w, h, wd, chunk, tile, cull):
     return Fragments(triangle_id=tid, barycentric=bary, depth=depth)
 
 
-def default_fragment_chunk(image_size: tuple[int, int], tile: int = 2) -> int:
+def default_fragment_chunk(image_size: tuple[int, int], tile: int = 2,
+                           n_triangles: int = 0) -> int:
     """Default static chunk length (in tiles) of the fragment loop:
-    ``max(3 * H * W / tile**2, 4096)`` (room for ~3x overdraw of bounding-box tiles; more
-    tiles are processed in further chunks, never dropped)."""
-    return max(3 * int(image_size[0]) * int(image_size[1]) // (tile * tile), 4096)
+    ``max(min(3 * H * W / tile**2, 2**16), n_triangles / 16, 4096)``.
+
+    Room for ~3x overdraw of bounding-box tiles (more tiles are processed in further chunks,
+    never dropped), but at most ``2**16`` tiles, so that the loop's temporaries stay small for
+    large images (on CPU, large ones cost more in page faults than the extra chunks cost). Each
+    chunk also makes one pass over the triangles, hence the ``n_triangles`` term for very large
+    meshes.
+    """
+    h, wd = int(image_size[0]), int(image_size[1])
+    return max(min(3 * h * wd // (tile * tile), 2**16), int(n_triangles) // 16, 4096)
 
 
 def rasterize(
@@ -510,7 +596,7 @@ def rasterize(
     if tile <= 0:
         raise ValueError(f"tile must be positive, got {tile}")
     chunk = (int(fragment_chunk) if fragment_chunk is not None
-             else default_fragment_chunk((h, wd), tile))
+             else default_fragment_chunk((h, wd), tile, tri.shape[0]))
     if chunk <= 0:
         raise ValueError(f"fragment_chunk must be positive, got {chunk}")
     if sv.ndim == 3:

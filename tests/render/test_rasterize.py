@@ -291,3 +291,38 @@ def test_barycentric_values_and_gradients_match_reference_formulation(rng):
             dv = jnp.asarray(r.normal(size=v.shape))
             _, jv = jax.jvp(lambda s, w_=w: loss(barycentric_from_ids, s, w_), (vv,), (dv,))
             np.testing.assert_allclose(jv, jnp.sum(got[0] * dv), rtol=1e-9)
+
+
+def test_ids_identical_for_any_tile_chunk_and_division_path(monkeypatch, data_dir):
+    # every (tile, chunk) split and both ways of locating a tile in its box evaluate the same
+    # float32 fragments, so the z-buffer must agree bit for bit (ICT face region at 128^2, and a
+    # random mesh with off-screen and overlapping triangles)
+    d = np.load(data_dir / "ict-facekit" / "ict_face_model_light.npz")
+    f = d["triangles"].astype(np.int32)
+    f = f[(f <= 11247).all(axis=1)]
+    v = fit_to_image(d["neutral"][:11248], (128, 128))
+    rv, rf = random_mesh(np.random.default_rng(7), n_faces=60)
+    for verts, faces, size in ((v, f, (128, 128)), (rv, rf, (40, 56))):
+        ids0 = np.asarray(rasterize(verts, faces, size).triangle_id)
+        assert (ids0 >= 0).sum() > 500
+        for tile, chunk in [(1, None), (3, None), (2, 1000), (2, 37)]:
+            ids = rasterize(verts, faces, size, tile=tile, fragment_chunk=chunk).triangle_id
+            np.testing.assert_array_equal(np.asarray(ids), ids0)
+        monkeypatch.setattr(rast_mod, "_FLOAT_DIV_TILES", 0)  # int32 // and % instead
+        rast_mod._rasterize_single.clear_cache()
+        for tile in (2, 3):
+            ids = rasterize(verts, faces, size, tile=tile, fragment_chunk=777).triangle_id
+            np.testing.assert_array_equal(np.asarray(ids), ids0)
+        monkeypatch.undo()
+        rast_mod._rasterize_single.clear_cache()
+
+
+def test_no_triangles_gives_background():
+    v = np.random.default_rng(0).uniform(0, 8, (5, 3)).astype(np.float32)
+    f = np.zeros((0, 3), np.int32)
+    fr = rasterize(v, f, (8, 8))
+    np.testing.assert_array_equal(np.asarray(fr.triangle_id), -1)
+    np.testing.assert_array_equal(np.asarray(fr.barycentric), 0.0)
+    assert np.isinf(np.asarray(fr.depth)).all()
+    g = jax.grad(lambda x: jnp.sum(rasterize(x, f, (8, 8)).barycentric))(jnp.asarray(v))
+    np.testing.assert_array_equal(np.asarray(g), 0.0)
