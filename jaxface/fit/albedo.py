@@ -191,21 +191,27 @@ def albedo_model(model: MorphableModel, n_harmonics: int = 16,
                            t.tobytes(), v.shape[0])
 
 
+def _unit_mass(verts: Array, tri: Array) -> Array:
+    """(V,) lumped vertex areas normalised to mean 1."""
+    m = vertex_areas(verts, tri)
+    return m / jnp.maximum(jnp.mean(m), 1e-30)
+
+
 def _free_albedo_cg(data_apply: Any, data_rhs: Array, data_diag: Array, verts: Array,
                     triangles: Any, prior: Array, smoothness: Any, prior_weight: Any,
-                    iterations: int) -> Array:
+                    iterations: int, mass: Array | None = None) -> Array:
     """Solve ``(D + s L + lam M) a = b_D + s L p + lam M p`` by Jacobi-preconditioned conjugate
     gradients, the three colour channels at once (each with its own step sizes).
 
     ``D`` is the data term's (V, V) symmetric PSD operator (``data_apply``: (V, 3) -> (V, 3),
     diagonal ``data_diag`` (V,)), ``L`` the cotangent Laplacian, ``M`` the lumped vertex areas
     normalised to mean 1 and ``p`` the prior; the system is SPD for ``lam > 0``. Starts from
-    the prior; a fixed number of iterations (``lax.fori_loop``: jit/vmap-friendly).
+    the prior; a fixed number of iterations (``lax.fori_loop``: jit/vmap-friendly). ``mass``:
+    ``M``'s diagonal when the caller has it already (:func:`_unit_mass`).
     """
     tri = jnp.asarray(triangles, jnp.int32)
     ei, ej, w = cotangent_weights(verts, tri)
-    m = vertex_areas(verts, tri)
-    m = m / jnp.maximum(jnp.mean(m), 1e-30)
+    m = _unit_mass(verts, tri) if mass is None else mass
     lap_diag = jax.ops.segment_sum(w, ei, num_segments=verts.shape[0]) \
         + jax.ops.segment_sum(w, ej, num_segments=verts.shape[0])
 
@@ -272,13 +278,12 @@ def refine_free_albedo(verts: Any, triangles: Any, observed: Any, weights: Any, 
                          f"{o.shape}, {p.shape}, {w.shape}")
     _check_positive(smoothness, prior_weight)
     tri = jnp.asarray(triangles, jnp.int32)
-    m = vertex_areas(v, tri)
-    m = m / jnp.maximum(jnp.mean(m), 1e-30)
+    m = _unit_mass(v, tri)
     seen = jnp.all(jnp.isfinite(o), axis=1)
     wm = jnp.where(seen, jnp.maximum(w, 0.0), 0.0) * m
     o = jnp.where(seen[:, None], o, 0.0)
     out = _free_albedo_cg(lambda a: wm[:, None] * a, wm[:, None] * o, wm, v, tri, p,
-                          smoothness, prior_weight, iterations)
+                          smoothness, prior_weight, iterations, mass=m)
     return jnp.clip(out, 0.0, 1.0)
 
 
