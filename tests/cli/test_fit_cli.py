@@ -80,12 +80,17 @@ def test_resume_skips_finished_images(folder_run, capsys):
     assert (out / NAMES[1] / "result.json").is_file()
 
 
-def test_landmarks_from_pts_file(data_dir, tmp_path):
-    name = "image03614"
+def _pts_input(data_dir, tmp_path, name):
+    """An AFLW photo's re-annotated landmarks, their .pts file in ``tmp_path``, the photo."""
     gt = labelled.aflw_reannotated(data_dir)[name]
     pts = tmp_path / f"{name}.pts"
     write_pts(pts, gt)
-    image = data_dir / f"aflw2000-3d-subset/{name}.jpg"
+    return gt, pts, data_dir / f"aflw2000-3d-subset/{name}.jpg"
+
+
+def test_landmarks_from_pts_file(data_dir, tmp_path):
+    name = "image03614"
+    gt, pts, image = _pts_input(data_dir, tmp_path, name)
     out = tmp_path / "out"
     assert main(["fit", str(image), "--landmarks", str(pts), "--out", str(out)]) == 0
     res = _load(out, name)
@@ -197,10 +202,7 @@ def test_photometric_fit_with_free_albedo(data_dir, tmp_path):
     """``jaxface fit --photometric --free-albedo``: the photometric keys in result.json, the
     albedo kind, and an overlay whose face is the rendered fit."""
     name = "image02283"
-    gt = labelled.aflw_reannotated(data_dir)[name]
-    pts = tmp_path / f"{name}.pts"
-    write_pts(pts, gt)
-    image = data_dir / f"aflw2000-3d-subset/{name}.jpg"
+    gt, pts, image = _pts_input(data_dir, tmp_path, name)
     out = tmp_path / "out"
     assert main(["fit", str(image), "--landmarks", str(pts), "--photometric", "--free-albedo",
                  "--out", str(out)]) == 0
