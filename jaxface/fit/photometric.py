@@ -135,15 +135,14 @@ class PhotometricConfig:
 
 
 @pytree_dataclass
-class PhotometricResult:
+class PhotometricResult(FitResult):
     """Result of :func:`fit_photometric` (a pytree; batched results have a leading axis).
 
-    The first eleven fields are those of :class:`~jaxface.fit.FitResult` (so
-    :func:`~jaxface.fit.result_to_json` and :func:`~jaxface.fit.model_vertices_camera` accept it)
-    for the photometric solution; ``cost`` is the final photometric energy and ``iterations`` the
-    Adam steps taken.
+    A :class:`~jaxface.fit.FitResult` (so :func:`~jaxface.fit.result_to_json` and
+    :func:`~jaxface.fit.model_vertices_camera` accept it) for the photometric solution, whose
+    ``cost`` is the final photometric energy and ``iterations`` the Adam steps taken, with these
+    attributes added:
 
-    Extra attributes:
       albedo_coefficients: (K,) coefficients of the albedo model.
       albedo: (V, 3) per-vertex albedo of the whole model (outside the fitted region: the
         albedo model's mean colour); the free per-vertex albedo when ``free_albedo``, else
@@ -155,17 +154,6 @@ class PhotometricResult:
       crop: (3,) ``(x0, y0, size)`` of the square crop in image pixels.
     """
 
-    identity: Any
-    expression: Any
-    rotation: Any
-    translation: Any
-    camera: Any
-    landmarks2d: Any
-    residuals: Any
-    landmark_vertex_ids: Any
-    cost: Any
-    iterations: Any
-    converged: Any
     albedo_coefficients: Any
     albedo: Any
     sh: Any
@@ -175,10 +163,12 @@ class PhotometricResult:
 
     @property
     def rmse_px(self) -> Array:
+        """(…) RMS landmark error (pixels) over the landmarks the fit used (NaN residuals of
+        landmarks outside the fitted region left out)."""
         return jnp.sqrt(jnp.nanmean(jnp.square(self.residuals), axis=-1))
 
     def fit_result(self) -> FitResult:
-        """The geometric part as a :class:`FitResult`."""
+        """The geometric part as a plain :class:`FitResult` (the photometric extras dropped)."""
         return FitResult(**{f.name: getattr(self, f.name)
                             for f in dataclasses.fields(FitResult)})
 
