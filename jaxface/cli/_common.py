@@ -1,11 +1,15 @@
-"""Pieces shared by the ``jaxface`` commands that fit photos (``demo``, ``fit``): reading
-images with clear errors and writing the three per-image outputs (``result.json``, ``mesh.obj``,
-``overlay.png``)."""
+"""Pieces shared by the ``jaxface`` commands that fit photos (``demo``, ``fit``, ``predict``):
+reading images with clear errors, the per-image loop (progress bar, ``--resume``, failures
+recorded in ``failures.json``) and writing the three per-image outputs (``result.json``,
+``mesh.obj``, ``overlay.png``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,57 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 
 class ImageReadError(JaxfaceError):
     """An image file cannot be read or is not a usable picture."""
+
+
+@contextlib.contextmanager
+def failure_log(out: Path) -> Iterator[dict[str, str]]:
+    """A ``{file name: reason}`` dict that is written to ``out/failures.json`` (atomically) when
+    the block ends, however it ends: this run's failures, ``{}`` when none."""
+    failures: dict[str, str] = {}
+    try:
+        yield failures
+    finally:
+        tmp = out / "failures.json.tmp"
+        tmp.write_text(json.dumps(failures, indent=1))
+        os.replace(tmp, out / "failures.json")
+
+
+def for_each_image(items: Iterable[Any], step: Callable[[Any, Path], bool | None], out: Path,
+                   failures: dict[str, str], *, prog: str, resume: bool = False,
+                   total: int | None = None) -> tuple[int, int]:
+    """Run ``step(item, out / item.stem)`` on every item, with a progress bar (when there are
+    several), ``--resume`` and failure recording.
+
+    An item whose ``out/<stem>/result.json`` exists is skipped when ``resume``. A step that
+    raises a ``JaxfaceError``, ``OSError`` or ``ValueError`` is recorded in ``failures`` under
+    ``item.name`` (and printed) and the loop goes on. A step that returns False did not write
+    outputs (it deferred the item) and is not counted as done.
+
+    Returns:
+      (items done, items skipped by ``resume``).
+    """
+    from tqdm import tqdm
+
+    done = skipped = 0
+    bar = tqdm(items, total=total, unit="img", file=sys.stderr, disable=total == 1,
+               dynamic_ncols=True)
+    try:
+        for item in bar:
+            bar.set_postfix_str(item.stem, refresh=False)
+            target = out / item.stem
+            if resume and (target / "result.json").is_file():
+                skipped += 1
+                continue
+            try:
+                if step(item, target) is not False:
+                    done += 1
+            except (JaxfaceError, OSError, ValueError) as e:
+                failures[item.name] = f"{type(e).__name__}: {e}"
+                msg = str(e) if item.name in str(e) else f"{item.name}: {e}"
+                tqdm.write(f"{prog}: {msg}", file=sys.stderr)
+    finally:
+        bar.close()
+    return done, skipped
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

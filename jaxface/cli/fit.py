@@ -37,8 +37,6 @@ run goes on. Exit status: 0 when at least one image was fitted (or already done,
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -202,9 +200,7 @@ def check_landmarks(pts: np.ndarray, image_size: tuple[int, int], n_expected: in
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from jaxface.cli._common import write_fit_outputs
+    from jaxface.cli._common import failure_log, for_each_image, write_fit_outputs
     from jaxface.detect import get_detector
     from jaxface.fit import fit_landmarks
 
@@ -241,52 +237,36 @@ def run(args: argparse.Namespace) -> int:
 
         predictor = load_predictor(args.init, model=model)
     out.mkdir(parents=True, exist_ok=True)
-
-    failures: dict[str, str] = {}
-    n_done = n_skipped = 0
     sequence: list | None = [] if args.video else None
-    t0 = time.perf_counter()
-    bar = tqdm(items, total=total, unit="img", file=sys.stderr, disable=total == 1,
-               dynamic_ncols=True)
-    try:
-        for item in bar:
-            bar.set_postfix_str(item.stem, refresh=False)
-            target = out / item.stem
-            if args.resume and not args.video and (target / "result.json").is_file():
-                n_skipped += 1
-                continue
-            try:
-                image = item.pixels()
-                h, w = image.shape[:2]
-                pts, conf, how = _observe(item, image, lm_source, detector, n_lm, args)
-                if sequence is not None:  # video: fitted jointly below, written in pass 2
-                    sequence.append((item.index, (h, w), pts, conf, how))
-                    continue
-                init = None
-                if predictor is not None:
-                    from jaxface.nets.predict import predict_image
 
-                    init = predict_image(predictor, image, pts)
-                result = fit_landmarks(model, pts, (h, w), weights=conf, init=init)
-                extra = _extra(item, how, pts)
-                if init is not None:
-                    extra["init"] = str(args.init)
-                if args.photometric:
-                    extra.update(_photometric(target, image, model, result, pts, conf,
-                                              args.free_albedo))
-                write_fit_outputs(target, image, model, result, observed=pts, extra=extra)
-                n_done += 1
-            except (JaxfaceError, OSError, ValueError) as e:
-                failures[item.name] = f"{type(e).__name__}: {e}"
-                msg = str(e) if item.name in str(e) else f"{item.name}: {e}"
-                tqdm.write(f"jaxface fit: {msg}", file=sys.stderr)
+    def step(item, target: Path) -> bool:
+        image = item.pixels()
+        h, w = image.shape[:2]
+        pts, conf, how = _observe(item, image, lm_source, detector, n_lm, args)
+        if sequence is not None:  # video: fitted jointly below, written in pass 2
+            sequence.append((item.index, (h, w), pts, conf, how))
+            return False
+        init = None
+        if predictor is not None:
+            from jaxface.nets.predict import predict_image
+
+            init = predict_image(predictor, image, pts)
+        result = fit_landmarks(model, pts, (h, w), weights=conf, init=init)
+        extra = _extra(item, how, pts)
+        if init is not None:
+            extra["init"] = str(args.init)
+        if args.photometric:
+            extra.update(_photometric(target, image, model, result, pts, conf,
+                                      args.free_albedo))
+        write_fit_outputs(target, image, model, result, observed=pts, extra=extra)
+        return True
+
+    t0 = time.perf_counter()
+    with failure_log(out) as failures:
+        n_done, n_skipped = for_each_image(items, step, out, failures, prog="jaxface fit",
+                                           resume=args.resume and not args.video, total=total)
         if sequence:
             n_done, n_skipped = _fit_video(src, out, model, sequence, args, failures)
-    finally:
-        bar.close()
-        tmp = out / "failures.json.tmp"
-        tmp.write_text(json.dumps(failures, indent=1))
-        os.replace(tmp, out / "failures.json")
     dt = time.perf_counter() - t0
     print(f"jaxface fit: {n_done} fitted, {n_skipped} skipped (already done), "
           f"{len(failures)} failed in {dt:.1f} s; results in {out}", file=sys.stderr)
@@ -341,7 +321,7 @@ def _fit_video(src: Path, out: Path, model, sequence: list, args: argparse.Names
     Returns (frames written, frames skipped by --resume)."""
     import jax
 
-    from jaxface.cli._common import write_fit_outputs
+    from jaxface.cli._common import for_each_image, write_fit_outputs
     from jaxface.fit import fit_landmarks_sequence
 
     sizes = {s[1] for s in sequence}
@@ -356,27 +336,20 @@ def _fit_video(src: Path, out: Path, model, sequence: list, args: argparse.Names
     results = fit_landmarks_sequence(model, lms, (h, w), weights=conf,
                                      smoothness=args.smoothness)
     row = {s[0]: i for i, s in enumerate(sequence)}
-    done = skipped = 0
-    for item in _video_items(src):
-        i = row.get(item.index)
-        if i is None:
-            continue
-        target = out / item.stem
-        if args.resume and (target / "result.json").is_file():
-            skipped += 1
-            continue
-        try:
-            result = jax.tree_util.tree_map(lambda x, i=i: x[i], results)
-            image = item.pixels()
-            extra = _extra(item, sequence[i][4], lms[i])
-            if args.photometric:
-                extra.update(_photometric(target, image, model, result, lms[i], conf[i],
-                                          args.free_albedo))
-            write_fit_outputs(target, image, model, result, observed=lms[i], extra=extra)
-            done += 1
-        except (JaxfaceError, OSError, ValueError) as e:
-            failures[item.name] = f"{type(e).__name__}: {e}"
-    return done, skipped
+
+    def step(item, target: Path) -> None:
+        i = row[item.index]
+        result = jax.tree_util.tree_map(lambda x: x[i], results)
+        image = item.pixels()
+        extra = _extra(item, sequence[i][4], lms[i])
+        if args.photometric:
+            extra.update(_photometric(target, image, model, result, lms[i], conf[i],
+                                      args.free_albedo))
+        write_fit_outputs(target, image, model, result, observed=lms[i], extra=extra)
+
+    frames = (item for item in _video_items(src) if item.index in row)
+    return for_each_image(frames, step, out, failures, prog="jaxface fit", resume=args.resume,
+                          total=len(row))
 
 
 def _load_model(spec: str):

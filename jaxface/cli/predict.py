@@ -16,14 +16,11 @@ Outputs are those of ``jaxface fit``: ``DIR/<stem>/result.json`` (same keys; ``i
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from jaxface.detect import DETECTORS
-from jaxface.errors import JaxfaceError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxface.cli._common import write_fit_outputs
+    from jaxface.cli._common import failure_log, for_each_image, write_fit_outputs
     from jaxface.cli.fit import _extra, _image_items, _landmark_source, _load_model, _observe
     from jaxface.detect import get_detector
     from jaxface.nets.predict import load_predictor, predict_image
@@ -60,28 +57,19 @@ def run(args: argparse.Namespace) -> int:
     detector = get_detector(args.detector) if lm_source is None else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    failures: dict[str, str] = {}
-    n_done = n_skipped = 0
+
+    def step(item, target: Path) -> None:
+        image = item.pixels()
+        pts, _, how = _observe(item, image, lm_source, detector, 68, args)
+        result = predict_image(predictor, image, pts)
+        extra = _extra(item, how, pts)
+        extra["checkpoint"] = str(args.checkpoint)
+        write_fit_outputs(target, image, model, result, observed=pts, extra=extra)
+
     t0 = time.perf_counter()
-    for item in items:
-        target = out / item.stem
-        if args.resume and (target / "result.json").is_file():
-            n_skipped += 1
-            continue
-        try:
-            image = item.pixels()
-            pts, _, how = _observe(item, image, lm_source, detector, 68, args)
-            result = predict_image(predictor, image, pts)
-            extra = _extra(item, how, pts)
-            extra["checkpoint"] = str(args.checkpoint)
-            write_fit_outputs(target, image, model, result, observed=pts, extra=extra)
-            n_done += 1
-        except (JaxfaceError, OSError, ValueError) as e:
-            failures[item.name] = f"{type(e).__name__}: {e}"
-            print(f"jaxface predict: {item.name}: {e}", file=sys.stderr)
-    tmp = out / "failures.json.tmp"
-    tmp.write_text(json.dumps(failures, indent=1))
-    os.replace(tmp, out / "failures.json")
+    with failure_log(out) as failures:
+        n_done, n_skipped = for_each_image(items, step, out, failures, prog="jaxface predict",
+                                           resume=args.resume, total=len(items))
     print(f"jaxface predict: {n_done} predicted, {n_skipped} skipped, {len(failures)} failed in "
           f"{time.perf_counter() - t0:.1f} s; results in {out}", file=sys.stderr)
     return 0 if (n_done + n_skipped) > 0 else 1
