@@ -51,6 +51,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxface._pytree import pytree_dataclass
 
@@ -301,6 +302,15 @@ def _depth_keys(depth: jax.Array, t: jax.Array, inside: jax.Array) -> jax.Array:
     return jnp.where(inside, key, jnp.uint64(2**64 - 1))
 
 
+def _scatter_min(buf: jax.Array, idx: jax.Array, val: jax.Array) -> jax.Array:
+    """``buf.at[idx].min(val)`` for ``idx (n,) int32`` in ``[0, len(buf)]``, out-of-range entries
+    dropped: a bare XLA scatter, with no negative-index wrapping pass over the indices."""
+    dn = jax.lax.ScatterDimensionNumbers(update_window_dims=(), inserted_window_dims=(0,),
+                                         scatter_dims_to_operand_dims=(0,))
+    return jax.lax.scatter_min(buf, idx[:, None], val, dn, indices_are_sorted=False,
+                               unique_indices=False, mode=jax.lax.GatherScatterMode.FILL_OR_DROP)
+
+
 def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
     """Non-differentiable visibility: ``(H*W,) int32`` ids (``-1`` on background)."""
     v = jax.lax.stop_gradient(v)
@@ -311,8 +321,8 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
         return jnp.full((npix,), -1, jnp.int32)
     # struct of arrays (coordinate, corner, F): every per-triangle quantity below is computed
     # on contiguous (F,) vectors
-    pt = jnp.transpose(v[tri], (2, 1, 0))
-    x, y, z = pt[0], pt[1], pt[2]
+    vt = v.T
+    x, y, z = ([vt[c][tri[:, k]] for k in range(3)] for c in range(3))
     if w is None:
         q = None
     else:
@@ -350,6 +360,7 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
     ty_, tx_ = np.meshgrid(np.arange(tile, dtype=np.float32), np.arange(tile, dtype=np.float32),
                            indexing="ij")
     ty_, tx_ = ty_.reshape(1, -1), tx_.reshape(1, -1)
+    off_ = (ty_ * wd + tx_).astype(np.int32)
     # statically a single epoch when even F full-image triangles keep int32 offsets exact
     one_epoch = nf * max_tiles + chunk <= min(2**31 - 1, 4 * _EPOCH)
 
@@ -380,18 +391,19 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
             qy, qx = (li // ni).astype(jnp.float32), (li % ni).astype(jnp.float32)
         # (chunk, tile**2) pixel centres, in float32 (exact: integers and halves below 2**24);
         # float rather than int32 position arithmetic (which XLA:CPU vectorises poorly here)
-        px = (jminr + qx * tile + 0.5) + tx_
-        py = (iminr + qy * tile + 0.5) + ty_
+        cx, cy = jminr + qx * tile, iminr + qy * tile
+        px = (cx + 0.5) + tx_
+        py = (cy + 0.5) + ty_
         # valid: an entry of the stream, and a pixel inside the triangle's box (so in the image)
         valid = (f < total)[:, None] & (px <= jmaxr + 0.5) & (py <= imaxr + 0.5)
         if q is None:
             rc[nc:nc] = [one, one, one]
         inside, depth = _eval_fragments(rc[:12], px, py, valid)
-        pix = jnp.where(inside, (py - 0.5) * wd + (px - 0.5), float(npix))
+        # the tile's first pixel, then int32 offsets of its pixels (exact: below 2**24)
+        pix = jnp.where(inside, (cy * wd + cx).astype(jnp.int32) + off_, npix)
         with jax.enable_x64(True):
             key = _depth_keys(depth, jnp.broadcast_to(t[:, None], inside.shape), inside)
-            # unsigned indices: no negative-index wrapping (an op on the flattened indices)
-            return zbuf.at[pix.astype(jnp.uint32).reshape(-1)].min(key.reshape(-1), mode="drop")
+            return _scatter_min(zbuf, pix.reshape(-1), key.reshape(-1))
 
     def epoch_body(c):
         e, zb = c
@@ -607,8 +619,17 @@ def rasterize(
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
 def _rasterize_batched(sv, tri, w, h, wd, chunk, tile, cull):
     # one image after the other (lax.map): on CPU the batched (vmapped) scatters and gathers
-    # cost about twice as much per image as the unbatched ones
+    # cost about twice as much per image as the unbatched ones.
+    # Under reverse mode, each image's backward recomputes its barycentrics from the saved
+    # triangle ids (jax.checkpoint) rather than reading back a stack of per-pixel residual
+    # planes for the whole batch; the z-buffer itself is never recomputed.
+    def one(s, w_):
+        tid = _zbuffer(s, tri, w_, h, wd, chunk, tile, cull).reshape(h, wd)
+        tid = checkpoint_name(tid, "triangle_id")
+        bary, depth = barycentric_from_ids(s, tri, tid, w_)
+        return Fragments(triangle_id=tid, barycentric=bary, depth=depth)
+
+    one = jax.checkpoint(one, policy=jax.checkpoint_policies.save_only_these_names("triangle_id"))
     if w is None:
-        return jax.lax.map(lambda s: _rasterize_single(s, tri, None, h, wd, chunk, tile, cull), sv)
-    return jax.lax.map(lambda a: _rasterize_single(a[0], tri, a[1], h, wd, chunk, tile, cull),
-                       (sv, w))
+        return jax.lax.map(lambda s: one(s, None), sv)
+    return jax.lax.map(lambda a: one(a[0], a[1]), (sv, w))
