@@ -235,7 +235,8 @@ def fit_landmarks(model: MorphableModel, landmarks: Any, image_size: tuple[int, 
     Speed: the contour search reads only the mesh around the contour candidates when the
     model's arrays are concrete, i.e. when the model is closed over rather than passed as an
     argument of an outer ``jax.jit`` (``jax.jit(jax.vmap(lambda y: fit_landmarks(model, y,
-    size)))``); with a traced model it evaluates the whole mesh, between rounds.
+    size)))``); with a traced model it evaluates the whole mesh, between rounds. Under
+    ``jax.vmap`` a batch runs in chunks of ``VMAP_CHUNK`` fits on CPU (see there).
     """
     cfg = config or FitConfig()
     if overrides:
@@ -264,8 +265,52 @@ def fit_landmarks(model: MorphableModel, landmarks: Any, image_size: tuple[int, 
     weights = weights * jnp.asarray(model.landmarks[cfg.landmark_set].valid_mask(), jnp.float32)
     f0 = float(max(h, w)) if focal is None else focal
     x0 = None if init is None else _init_vector(model, init, f0, (h, w), cfg)
-    return _fit(model, landmarks, weights, jnp.asarray(f0, jnp.float32), (h, w), cfg, x0,
-                _contour_subset(model, cfg))
+    def fit(model: MorphableModel, landmarks: Array, weights: Array, f0: Array, cfg: FitConfig,
+            x0: Array | None, local: _Local | None) -> FitResult:
+        return _fit(model, landmarks, weights, f0, (h, w), cfg, x0, local)
+
+    return _in_chunks(fit)(model, landmarks, weights, jnp.asarray(f0, jnp.float32), cfg, x0,
+                           _contour_subset(model, cfg))
+
+
+# Under ``jax.vmap``, a fit runs in vmapped chunks of this many images, one chunk after the
+# other (``lax.map``): each chunk's arrays (its Jacobians and normal matrices, ~100 kB per
+# image) stay in the caches through a step, where a whole batch's (26 MB each for 256
+# images) went to memory and back between every two operations. On the 2-core CPU, 256
+# AFLW2000-3D fits took 0.78x the time of one vmapped batch in chunks of 16 (0.81x in 32,
+# 0.86x in 64). A chunk runs until its own slowest member is done. On other backends (GPU,
+# TPU) the whole batch is one vmapped program: there the parallel width is what pays.
+VMAP_CHUNK = 16
+
+
+def _in_chunks(fn: Any, chunk: int | None = None) -> Any:
+    """``fn`` (positional pytree arguments), whose batching rule runs a batch of more than
+    ``chunk`` members (default: ``VMAP_CHUNK`` on CPU, no chunking elsewhere) as a ``lax.map``
+    over vmapped chunks (the same results as ``jax.vmap(fn)``, computed chunk by chunk)."""
+    wrapped = jax.custom_batching.custom_vmap(fn)
+
+    @wrapped.def_vmap
+    def rule(axis_size: int, in_batched: Any, *args: Any) -> tuple[Any, Any]:
+        leaves, treedef = jax.tree_util.tree_flatten(args)
+        batched = jax.tree_util.tree_leaves(list(in_batched))
+        idx = [i for i, b in enumerate(batched) if b]
+
+        def one(*members: Array) -> Any:
+            full = list(leaves)
+            for i, m in zip(idx, members, strict=True):
+                full[i] = m
+            return fn(*jax.tree_util.tree_unflatten(treedef, full))
+
+        members = tuple(leaves[i] for i in idx)
+        size = chunk if chunk is not None else (
+            VMAP_CHUNK if jax.default_backend() == "cpu" else None)
+        if size is None or axis_size <= size:
+            out = jax.vmap(one)(*members)
+        else:
+            out = jax.lax.map(lambda m: one(*m), members, batch_size=size)
+        return out, jax.tree_util.tree_map(lambda _: True, out)
+
+    return wrapped
 
 
 def _init_vector(model: MorphableModel, init: Any, f0: float, image_size: tuple[int, int],
@@ -353,6 +398,41 @@ def _dot3(a: Array, b: Array) -> Array:
     return a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1] + a[..., 2] * b[..., 2]
 
 
+def _rotate(v: Array, rot: Array) -> Array:
+    """(..., 3) ``v @ rot.T`` for a (3, 3) ``rot``, its sums written out (a dot with 3-long
+    contractions is slow on XLA:CPU, particularly batched)."""
+    return jnp.stack([_dot3(v, rot[i]) for i in range(3)], axis=-1)
+
+
+def _cholesky_forward(a: Array, b: Array) -> tuple[Array, Array]:
+    """Cholesky factor ``L`` of ``a`` (n, n; symmetric positive definite, only its UPPER
+    triangle read) together with the forward substitution ``L^{-1} b`` for ``b`` (n,), from
+    ONE factorisation of the bordered matrix ``[[a, b], [b^T, c]]`` (``c`` huge, so that it
+    stays positive definite): its factor is ``[[L, 0], [(L^{-1} b)^T, *]]``.
+
+    Returns ``(lb (n + 1, n + 1), z (n,))``: ``lb`` the bordered factor (for
+    :func:`_cholesky_backward`; ``lb[:n, :n] = L``) and ``z = L^{-1} b``.
+
+    (The bordered matrix is written as its transpose, row-major, upper triangle: the very
+    bytes of the column-major lower triangle LAPACK reads, so XLA:CPU writes it in one
+    contiguous pass; pads rather than concatenations, which it fuses into that pass.)
+    """
+    n = a.shape[0]
+    aug_t = (jnp.pad(a, ((0, 1), (0, 1))) + jnp.pad(b[:, None], ((0, 1), (n, 0)))
+             + jnp.pad(jnp.full((1, 1), 1e30, a.dtype), ((n, 0), (n, 0))))
+    lb = jax.lax.linalg.cholesky(aug_t.T, symmetrize_input=False)
+    return lb, lb[n, :n]
+
+
+def _cholesky_backward(lb: Array, z: Array) -> Array:
+    """``L^{-T} z`` (n,) for the bordered factor ``lb`` (n + 1, n + 1) of
+    :func:`_cholesky_forward` (the solve runs on ``lb`` itself, with a zero appended to ``z``:
+    no copy of ``L``)."""
+    rhs = jnp.concatenate([z, jnp.zeros((1,), z.dtype)])[:, None]
+    return jax.lax.linalg.triangular_solve(lb, rhs, left_side=True, lower=True,
+                                           transpose_a=True)[:-1, 0]
+
+
 def _cholesky_solve(a: Array, b: Array) -> Array:
     """``a^{-1} b`` for a symmetric positive definite ``a`` (n, n) and ``b`` (n,), reading only
     the lower triangle of ``a`` (symmetric by construction: no symmetrising pass)."""
@@ -433,7 +513,7 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
         """(2L,) weighted reprojection residuals of the model-frame points ``pts_model`` under
         ``pose = (rotvec, translation, log focal)``."""
         p = _Params(pose[0:3], pose[3:6], pose[6], None, None)
-        pts = pts_model @ _rotation(p).T + p.translation
+        pts = _rotate(pts_model, _rotation(p)) + p.translation
         uv = project(camera_of(p), pts)
         return ((uv - obs_fit) * (jnp.sqrt(weights_fit * rw) / sigma)[:, None]).reshape(-1)
 
@@ -445,6 +525,12 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
         r = residual(x, lin, rw)
         return 0.5 * jnp.sum(r * r)
 
+    def cost_at(x: Array, pts_model: Array, rw: Array) -> Array:
+        """``cost_of`` with the model-frame landmarks ``pts_model`` (L, 3) given (the pose
+        steps hold the shape)."""
+        r = jnp.concatenate([landmark_residual(x[:7], pts_model, rw), prior_diag * (x - x_ref)])
+        return 0.5 * jnp.sum(r * r)
+
     # Box-constrained coordinates of the flat parameter vector (blendshape weights in [0, 1]),
     # and the coordinates LM moves (all but the focal unless it is estimated).
     boxed = np.zeros((n_par,), bool)
@@ -454,27 +540,47 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
     if not cfg.estimate_focal:
         free[6] = 0.0
 
-    def jacobian(x: Array, lin: tuple[Array, tuple[Array, ...]], rw: Array
-                 ) -> tuple[Array, Array]:
-        """``(J (2L, n), r (2L,))``: the landmark residual and its Jacobian at ``x`` (zero in
-        the columns LM does not move): forward mode for the 7 camera/pose parameters and the
-        chain rule (projection Jacobian @ R @ landmark basis) for the K linear coefficients."""
+    def jacobian(x: Array, lin: tuple[Array, tuple[Array, ...]], rw: Array,
+                 splits: tuple[int, ...] = ()) -> tuple[list[Array], Array]:
+        """``([J[:, c0:c1], ...], r (2L,))``: the landmark residual and its Jacobian at ``x``
+        (zero in the columns LM does not move), in column blocks split at ``splits``: forward
+        mode for the 7 camera/pose parameters and the chain rule (projection Jacobian @ R @
+        landmark basis) for the K linear coefficients."""
         p = _unflatten(x, n_id, n_ex)
         pts_model = lin_points(lin, x[7:])
         r_lm, j_pose = jax.linearize(lambda q: landmark_residual(q, pts_model, rw), x[:7])
         j_pose = jax.vmap(j_pose, out_axes=1)(jnp.eye(7, dtype=x.dtype))  # (2L, 7)
         rot = _rotation(p)
-        cam_pts = pts_model @ rot.T + p.translation
+        cam_pts = _rotate(pts_model, rot) + p.translation
         cam = camera_of(p)
         j_proj = jax.vmap(jax.jacfwd(lambda q: project(cam, q)))(cam_pts)  # (L, 2, 3)
         scale = jnp.sqrt(weights_fit * rw) / sigma
-        a = (j_proj @ rot) * scale[:, None, None]  # (L, 2, 3)
-        j_lm, start = [], 0
-        for b in lin[1]:
-            j_lm.append(jnp.einsum("lij,ljm->lim", a[start:start + b.shape[0]], b))
-            start += b.shape[0]
-        j_lm = jnp.concatenate(j_lm).reshape(2 * n_lm, -1)
-        return jnp.concatenate([j_pose * free[:7], j_lm], axis=1), r_lm
+        # (L, 2, 3) projection Jacobian @ R, weighted (rows of R^T: a @ R = _rotate(a, R^T))
+        a = _rotate(j_proj, rot.T) * scale[:, None, None]
+        # (rows, 2, K) = a (rows, 2, 3) @ b (rows, 3, K) per landmark, the 3-term sums written
+        # out: one elementwise pass in the layout J^T J reads (a batched dot_general with
+        # 3-long contractions, then transposed and concatenated, took ~3x as long)
+        j_pose = (j_pose * free[:7]).reshape(n_lm, 2, 7)
+
+        def columns(lo: int, hi: int) -> Array:
+            # (pads summed, not concatenations: XLA:CPU then writes each block in one pass)
+            jac = jnp.zeros((n_lm, 2, hi - lo), x.dtype)
+            if lo < 7:
+                jac = jac + jnp.pad(j_pose[..., lo:min(hi, 7)],
+                                    ((0, 0), (0, 0), (0, hi - min(hi, 7))))
+            c_lo, c_hi, start = max(lo, 7) - 7, hi - 7, 0
+            for b in lin[1]:
+                end = start + b.shape[0]
+                if c_hi > c_lo:
+                    ab, bb = a[start:end], b[..., c_lo:c_hi]
+                    jac = jac + jnp.pad(
+                        sum(ab[:, :, k, None] * bb[:, None, k, :] for k in range(3)),
+                        ((start, n_lm - end), (0, 0), (max(lo, 7) - lo, 0)))
+                start = end
+            return jac.reshape(2 * n_lm, hi - lo)
+
+        edges = (0, *splits, x.shape[0])
+        return [columns(lo, hi) for lo, hi in zip(edges[:-1], edges[1:], strict=True)], r_lm
 
     def project_box(x: Array) -> Array:
         p = _unflatten(x, n_id, n_ex)
@@ -512,47 +618,87 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
     def lm_step(x: Array, lin: tuple[Array, tuple[Array, ...]], rw: Array, mu: Array,
                 nu: Array, cost: Array) -> tuple[Array, Array, Array, Array, Array, Array]:
         """One Levenberg-Marquardt step on all parameters from ``x`` (cost ``cost``) with
-        damping ``mu``, ``nu``; returns ``accept``'s verdict."""
-        jac, r_lm = jacobian(x, lin, rw)
-        # Gauss-Newton system J^T J + P^2 (P the prior's diagonal), gradient g
-        jtj = jac.T @ jac
-        g = jac.T @ r_lm + prior_free * prior_diag * (x - x_ref)
-        d = jnp.sqrt(jnp.diag(jtj) + prior_free * prior_free + 1e-12)
+        damping ``mu``, ``nu``; returns ``accept``'s verdict.
 
-        def hess_vec(v: Array) -> Array:
-            return jtj @ v + prior_free * prior_free * v
+        The damped Gauss-Newton model is minimised over the free coordinates (all but the
+        focal unless it is estimated, and but the box-constrained weights held at a bound),
+        Jacobi-scaled (the columns mix radians, millimetres and unit coefficients), with
+        Marquardt damping ``mu``: ``(S H S + diag(mu + s^2 P^2)) y = S g``, ``s = 1 / d``
+        on the free coordinates and 0 on the fixed ones, ``dx = -s y`` (``H = J^T J + P^2``,
+        P the prior's diagonal, ``d^2`` the diagonal of H), by Cholesky.
 
-        def solve_rest(fixed: Array, dx_fixed: Array) -> Array:
-            """Minimise the damped Gauss-Newton model over the coordinates not ``fixed``,
-            the fixed ones moving by ``dx_fixed``: Jacobi-scaled (the columns mix radians,
-            millimetres and unit coefficients), Marquardt damping ``mu``, Cholesky."""
-            fr = free * (1.0 - fixed.astype(jnp.float32))
-            s = fr / d
-            a = jtj * s[:, None] * s[None, :] + eye * (
-                (1.0 - fr) + fr * mu + s * s * prior_free * prior_free)
-            return dx_fixed - s * _cholesky_solve(a, s * (g + hess_vec(dx_fixed)))
-
-        # Box constraints by an active set, not by clipping an unconstrained step (that
-        # stalls LM: with ~30 of 53 weights at a bound, most clipped steps increased the
-        # cost and the damping ran away). Weights at a bound whose gradient pushes them
-        # outward stay there; weights the step would carry across a bound are put on it
-        # and the rest re-solved with them fixed.
+        Box constraints by an active set, not by clipping an unconstrained step (that stalls
+        LM: with ~30 of 53 weights at a bound, most clipped steps increased the cost and the
+        damping ran away). Weights at a bound whose gradient pushes them outward stay there;
+        weights the step would carry across a bound are put on it and the rest re-solved with
+        them fixed. The re-solve reuses the first factorisation: with the parameters ordered
+        (pose, identity | box-constrained weights), fixing more weights only masks rows and
+        columns of the weights' block, so the factor's pose/identity block ``L11`` and its
+        coupling ``L21`` stay, and only the weights' Schur complement ``L22 L22^T`` (masked)
+        is factorised again (nb x nb instead of n x n), its right-hand side updated through
+        ``L21`` (``L11^{-1} A12 = L21^T``).
+        """
+        n = x.shape[0]
+        # Gauss-Newton system J^T J + P^2 (P the prior's diagonal), gradient g. J^T J as the
+        # upper three of its 2 x 2 blocks (the factorisation reads only one triangle): on
+        # XLA:CPU about half the time of the full product.
+        h = n // 2
+        (j1, j2), r_lm = jacobian(x, lin, rw, (h,))
+        h11, h12, h22 = j1.T @ j1, j1.T @ j2, j2.T @ j2
+        jtj_upper = (jnp.pad(h11, ((0, n - h), (0, n - h))) + jnp.pad(h12, ((0, n - h), (h, 0)))
+                     + jnp.pad(h22, ((h, 0), (h, 0))))
+        g = jnp.concatenate([j1.T @ r_lm, j2.T @ r_lm]) + prior_free * prior_diag * (x - x_ref)
+        d = jnp.sqrt(jnp.concatenate([jnp.diag(h11), jnp.diag(h22)])
+                     + prior_free * prior_free + 1e-12)
         act = boxed & (((x <= 0.0) & (g > 0.0)) | ((x >= 1.0) & (g < 0.0)))
-        step = solve_rest(act, jnp.zeros_like(x))
+        fr = free * (1.0 - act.astype(jnp.float32))
+        s = fr / d
+        a = jtj_upper * s[:, None] * s[None, :] + eye * (
+            (1.0 - fr) + fr * mu + s * s * prior_free * prior_free)
+        lb, z = _cholesky_forward(a, s * g)
+        step = -s * _cholesky_backward(lb, z)
         if boxed.any():
+            n_p = int(np.argmax(boxed))  # the weights' block [n_p:] (the parameters' tail)
+            assert boxed[n_p:].all()
             xt = x + step
-            hit = boxed & ~act & ((xt < 0.0) | (xt > 1.0))
-            step = solve_rest(act | hit, jnp.where(hit, jnp.clip(xt, 0.0, 1.0) - x, 0.0))
+            hit = (boxed & ~act & ((xt < 0.0) | (xt > 1.0)))[n_p:]
+            dx_b = jnp.where(hit, jnp.clip(xt[n_p:], 0.0, 1.0) - x[n_p:], 0.0)
+            # the second system: ``a`` with the ``hit`` weights' rows and columns replaced by
+            # the identity, right-hand side s2 (g + H dx_fixed), s2 = s masked by ``hit``
+            s_b = s[n_p:]
+            m2 = jnp.where(hit, 0.0, fr[n_p:])  # free weights of the second system
+            # (LAPACK's factor is column-major: its transpose's rows are contiguous)
+            lt = lb.T
+            l21 = lt[:n_p, n_p:-1].T  # (nb, n_p)
+            l22t = lt[n_p:-1, n_p:-1]  # (nb, nb) L22^T
+            u = jnp.where(hit, dx_b / jnp.where(hit, s_b, 1.0), 0.0)  # scaled dx_fixed
+            l21t_u = l21.T @ u
+            # forward substitution: L11^{-1} of the pose/identity right-hand side (which
+            # gains s H_{PB} dx_fixed = L11 L21^T u), then the weights' block against the
+            # masked Schur complement m2 (L22 L22^T) m2 + (1 - m2), bordered by its
+            # right-hand side m2 (s g + A_BB u - L21 z1) (A_BB u = L21 L21^T u + L22 L22^T u;
+            # its damping diagonal only touches ``hit`` rows, which m2 zeroes)
+            z1 = z[:n_p] + l21t_u
+            rhs_b = m2 * (s_b * g[n_p:] + l21 @ l21t_u + l22t.T @ (l22t @ u) - l21 @ z1)
+            schur = (l22t.T @ l22t) * m2[:, None] * m2[None, :] + jnp.diag(1.0 - m2)
+            ls, z2 = _cholesky_forward(schur, rhs_b)
+            y_b = _cholesky_backward(ls, z2)
+            y_p = _cholesky_backward(
+                lb, jnp.concatenate([z1 - l21.T @ (m2 * y_b), jnp.zeros_like(y_b)]))[:n_p]
+            s2 = jnp.concatenate([s[:n_p], s_b * m2])
+            step = jnp.concatenate([jnp.zeros((n_p,), x.dtype), dx_b]) - s2 * jnp.concatenate(
+                [y_p, y_b])
         x_new = project_box(x + step)
         dx = (x_new - x) * free
-        pred = -(g @ dx + 0.5 * dx @ hess_vec(dx))  # decrease the model predicts
+        j_dx = j1 @ dx[:h] + j2 @ dx[h:]
+        pred = -(g @ dx + 0.5 * (j_dx @ j_dx + dx @ (prior_free * prior_free * dx)))  # the
+        # decrease the model predicts
         return accept(x, x_new, cost, cost_of(x_new, lin, rw), pred, mu, nu)
 
-    def pose_step(x: Array, lin: tuple[Array, tuple[Array, ...]], rw: Array, mu: Array,
-                  nu: Array, cost: Array) -> tuple[Array, Array, Array, Array, Array, Array]:
+    def pose_step(x: Array, pts_model: Array, rw: Array, mu: Array, nu: Array, cost: Array
+                  ) -> tuple[Array, Array, Array, Array, Array, Array]:
         """``lm_step`` on the camera / pose parameters only (a 7 x 7 system), the shape
-        coefficients held."""
-        pts_model = lin_points(lin, x[7:])
+        coefficients held: ``pts_model`` (L, 3) are the model-frame landmarks."""
         r_lm, j_pose = jax.linearize(lambda q: landmark_residual(q, pts_model, rw), x[:7])
         jac = jax.vmap(j_pose, out_axes=1)(jnp.eye(7, dtype=x.dtype)) * free[:7]  # (2L, 7)
         pr = prior_free[:7]
@@ -564,7 +710,7 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
         x_new = project_box(x.at[:7].add(-s * _cholesky_solve(a, s * g)))
         dx = (x_new - x)[:7] * free[:7]
         pred = -(g @ dx + 0.5 * dx @ (jtj @ dx + pr * pr * dx))
-        return accept(x, x_new, cost, cost_of(x_new, lin, rw), pred, mu, nu)
+        return accept(x, x_new, cost, cost_at(x_new, pts_model, rw), pred, mu, nu)
 
     # Initialisation: frontal, centred on the landmarks, at the depth that matches their scale.
     mean_lm = base_lin[0]  # coefficients 0: the mean
@@ -609,7 +755,34 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
                                jnp.tile(jnp.array([[1.0, 0.0, 0.0]], jnp.float32), (n_c, 1))])
         return to_caller(ids), to_caller(wts)
 
-    def correspondences(x: Array) -> Any:
+    def contour_geometry(c: Array) -> Any:
+        """The contour candidates' shape-dependent part at coefficients ``c``: ``(pts (n, C,
+        3), normals (n, C, 3), verts)``, model frame, normals of unit length (0 where
+        degenerate); ``verts`` (N, 3) the local vertices (None without a local subset)."""
+        if contour is None:
+            return ()
+        cand = jnp.asarray(contour.candidates)  # (n, C)
+        cand0 = jnp.where(cand >= 0, cand, 0)
+        if local is None:
+            verts = _shape(model, _unflatten(jnp.concatenate([jnp.zeros((7,), c.dtype), c]),
+                                             n_id, n_ex), n_id)
+            return verts[cand0], vertex_normals(verts, jnp.asarray(model.triangles))[cand0], None
+        # area-weighted vertex normals of the candidates: the normals of the triangles
+        # around each, summed term by term (gathers, not vertex_normals' scatter)
+        verts = loc_lin[0] + loc_lin[1] @ c  # (n_loc, 3), model frame
+        q = verts[local.triangles]  # (T, 3, 3)
+        fn = jnp.cross(q[:, 1] - q[:, 0], q[:, 2] - q[:, 0])
+        fn = jnp.concatenate([fn, jnp.zeros((1, 3), fn.dtype)])
+        inc = local.incident
+        acc = functools.reduce(jnp.add, [fn[inc[..., k]] for k in range(inc.shape[-1])])
+        sq = _dot3(acc, acc)
+        normals = acc * jnp.where(sq > 0, jax.lax.rsqrt(jnp.where(sq > 0, sq, 1.0)),
+                                  0.0)[..., None]
+        return verts[local.candidates], normals, verts
+
+    def match(x: Array, geom: Any) -> Any:
+        """Contour correspondences at pose ``x[:7]`` for the candidates' ``geom``
+        (``contour_geometry``)."""
         if contour is None:
             return ()
         p = _unflatten(x, n_id, n_ex)
@@ -617,27 +790,14 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
         cand = jnp.asarray(contour.candidates)  # (n, C)
         valid = cand >= 0
         cand0 = jnp.where(valid, cand, 0)
-        if local is None:
-            verts = _shape(model, p, n_id)
-            normals = vertex_normals(verts, jnp.asarray(model.triangles))[cand0] @ rot.T
-            pts = (verts @ rot.T + p.translation)[cand0]
-        else:
-            # area-weighted vertex normals of the candidates: the normals of the triangles
-            # around each, summed term by term (gathers, not vertex_normals' scatter)
-            verts = loc_lin[0] + loc_lin[1] @ x[7:]  # (n_loc, 3), model frame
-            q = verts[local.triangles]  # (T, 3, 3)
-            fn = jnp.cross(q[:, 1] - q[:, 0], q[:, 2] - q[:, 0])
-            fn = jnp.concatenate([fn, jnp.zeros((1, 3), fn.dtype)])
-            inc = local.incident
-            acc = functools.reduce(jnp.add, [fn[inc[..., k]] for k in range(inc.shape[-1])])
-            sq = _dot3(acc, acc)
-            normals = (acc * jnp.where(sq > 0, jax.lax.rsqrt(jnp.where(sq > 0, sq, 1.0)),
-                                       0.0)[..., None]) @ rot.T
-            pts = (verts @ rot.T + p.translation)[local.candidates]
-        # (sums over the 2 or 3 coordinates written out, as fit_linear does for XLA:CPU)
-        cos = jnp.abs(_dot3(normals, pts)) * jax.lax.rsqrt(_dot3(pts, pts))
+        pts_m, normals, _ = geom
+        # The angle between normal and viewing ray, in the model frame (R^T (R v + t) =
+        # v + R^T t: no rotated normals). Sums over the 2 or 3 coordinates written out, as
+        # fit_linear does for XLA:CPU.
+        ray = pts_m + _rotate(p.translation, rot.T)
+        cos = jnp.abs(_dot3(normals, ray)) * jax.lax.rsqrt(_dot3(ray, ray))
         on_contour = cos < jnp.cos(jnp.deg2rad(cfg.contour_min_angle_deg))
-        uv = project(camera_of(p), pts.reshape(-1, 3)).reshape(cand.shape + (2,))
+        uv = project(camera_of(p), _rotate(pts_m, rot) + p.translation)
         li = jnp.asarray(contour.landmark_index)
         diff = uv - observed[li][:, None, :]
         d = diff[..., 0] * diff[..., 0] + diff[..., 1] * diff[..., 1]
@@ -655,6 +815,9 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
         ids = base_ids.at[li].set(jnp.repeat(chosen[:, None], 3, axis=1))
         wts = base_w.at[li].set(jnp.array([1.0, 0.0, 0.0], jnp.float32))
         return ids, wts
+
+    def correspondences(x: Array) -> Any:
+        return match(x, contour_geometry(x[7:]))
 
     def same_corr(a: Any, b: Any) -> Array:
         return functools.reduce(jnp.logical_and, [jnp.all(u == v) for u, v in zip(
@@ -754,12 +917,24 @@ def _fit(model: MorphableModel, observed: Array, weights: Array, f0: Array,
         robust weights) re-matched after each: a start for the full fit, cheap, and one that
         keeps the shape from absorbing the frontal guess's pose error."""
 
+        # the shape is held: its contour geometry and landmark points are computed once
+        c = x[7:]
+        geom = contour_geometry(c)
+        if contour is not None and local is not None:
+            fixed_pts = fixed_p0 + fixed_b @ c
+
+            def points(corr: Any) -> Array:
+                return jnp.concatenate([fixed_pts, geom[2][corr]])
+        else:
+            def points(corr: Any) -> Array:
+                return lin_points(lin_of(corr), c)
+
         def body(_, s):
             x, mu, nu, corr = s
-            lin = lin_of(corr)
-            rw = robust_weights(x, lin)
-            x, mu, nu, _, _, blown = pose_step(x, lin, rw, mu, nu, cost_of(x, lin, rw))
-            return x, jnp.where(blown, one, mu), jnp.where(blown, two, nu), correspondences(x)
+            pts = points(corr)
+            rw = robust_weights(x, lin_of(corr))
+            x, mu, nu, _, _, blown = pose_step(x, pts, rw, mu, nu, cost_at(x, pts, rw))
+            return x, jnp.where(blown, one, mu), jnp.where(blown, two, nu), match(x, geom)
 
         x, _, _, corr = jax.lax.fori_loop(0, cfg.pose_iterations, body, (x, one, two, corr))
         return x, corr

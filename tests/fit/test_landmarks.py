@@ -129,6 +129,38 @@ def test_vmap_over_images_matches_single(model):
     np.testing.assert_allclose(batched.landmarks2d[1], single.landmarks2d, atol=0.05)
 
 
+def test_vmap_in_chunks_matches_single(model, monkeypatch):
+    # a batch larger than VMAP_CHUNK runs as lax.map over vmapped chunks (and a remainder):
+    # every member must still be its own single fit
+    import jaxface.fit.landmarks as lmk
+
+    monkeypatch.setattr(lmk, "VMAP_CHUNK", 2)
+    lms = [_synthetic(model, 20 + i, [0.05 * i, 0.3 - 0.15 * i, 0.0], noise_px=0.5)["lm"]
+           for i in range(5)]
+    batched = jax.vmap(lambda lm: fit_landmarks(model, lm, (H, W)))(jnp.stack(lms))
+    for i in (0, 3, 4):  # first chunk, second chunk, remainder
+        single = fit_landmarks(model, lms[i], (H, W))
+        np.testing.assert_allclose(batched.landmarks2d[i], single.landmarks2d, atol=0.05)
+        np.testing.assert_array_equal(batched.landmark_vertex_ids[i],
+                                      single.landmark_vertex_ids)
+
+
+def test_bordered_cholesky_solves():
+    # the LM step's factorisation: one Cholesky of [[a, b], [b^T, c]] gives L and L^{-1} b
+    from jaxface.fit.landmarks import _cholesky_backward, _cholesky_forward
+
+    rng = np.random.default_rng(0)
+    j = rng.normal(size=(12, 9))
+    a = j.T @ j + 0.1 * np.eye(9)
+    b = rng.normal(size=9)
+    with jax.enable_x64(True):
+        lb, z = _cholesky_forward(jnp.triu(jnp.asarray(a)), jnp.asarray(b))  # upper read
+        np.testing.assert_allclose(lb[:9, :9], np.linalg.cholesky(a), rtol=1e-10)
+        np.testing.assert_allclose(z, np.linalg.solve(np.linalg.cholesky(a), b), rtol=1e-9)
+        np.testing.assert_allclose(_cholesky_backward(lb, z), np.linalg.solve(a, b),
+                                   rtol=1e-9)
+
+
 @pytest.mark.parametrize("inner", [1, 3])
 def test_flat_loop_matches_nested_loop(model, inner):
     # A concrete model runs the rounds in one while loop, re-matching the contour on the mesh
