@@ -464,6 +464,18 @@ def _gather_planes(table: jax.Array, tid: jax.Array, covered: jax.Array) -> list
     return list(jnp.unstack(jnp.take(table, idx, axis=0, mode="fill", fill_value=0), axis=-1))
 
 
+def _gather_columns(table: jax.Array, tid: jax.Array, covered: jax.Array) -> list:
+    """The planes of :func:`_gather_planes`, each gathered from its own column of ``table``
+    (used under differentiation): transposed, these are ``C`` scalar scatter-adds straight
+    from the cotangent planes, where the row gather's transpose stacks them into an
+    ``(H*W, C)`` array first and scatters rows of 9 (slow on XLA:CPU). Same values and
+    gradients bit for bit; forward + backward of the face at 512² about 2x faster."""
+    if table.shape[0] == 0:
+        return [jnp.zeros(tid.shape, table.dtype)] * table.shape[1]
+    idx = jnp.where(covered, tid, table.shape[0])
+    return [jnp.take(table[:, c], idx, mode="fill", fill_value=0) for c in range(table.shape[1])]
+
+
 def _bary_depth_fwd_math(cols: list, covered: jax.Array, perspective: bool):
     b = _pixel_bary(cols, covered, perspective)[-1]
     depth = jnp.where(covered, b[0] * cols[2] + b[1] * cols[5] + b[2] * cols[8], jnp.inf)
@@ -497,11 +509,11 @@ def _bary_depth_jvp(perspective: bool, primals: tuple, tangents: tuple):
     """
     table, tid, covered = primals
     dtable = tangents[0]
-    cols = _gather_planes(table, tid, covered)
+    cols = _gather_columns(table, tid, covered)
     px, py, wk, a, den_safe, good, b = _pixel_bary(cols, covered, perspective)
     x0, y0, z0, x1, y1, z1, x2, y2, z2 = cols[:9]
     depth = jnp.where(covered, b[0] * z0 + b[1] * z1 + b[2] * z2, jnp.inf)
-    d = _gather_planes(dtable, tid, covered)
+    d = _gather_columns(dtable, tid, covered)
     dx0, dy0, dz0, dx1, dy1, dz1, dx2, dy2, dz2 = d[:9]
     # e0 = (x2 - x1)(py - y1) - (y2 - y1)(px - x1), and cyclically
     de = [dx1 * (y2 - py) + dx2 * (py - y1) + dy1 * (px - x2) + dy2 * (x1 - px),
