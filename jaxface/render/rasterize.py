@@ -184,6 +184,22 @@ def _chunk_owners(k: jax.Array, offsets: jax.Array, chunk: int, nf: int):
     return t, f, f - offsets[t]
 
 
+def _tile_in_box(local: jax.Array, ntx: jax.Array, float_div: bool) -> tuple[jax.Array, jax.Array]:
+    """Row and column ``(qy, qx)`` of tile number ``local`` in a box ``ntx`` tiles wide, both
+    float32 (exact integers), broadcasting ``local`` against ``ntx`` (float32, >= 1).
+
+    With ``float_div`` (``local < 2**22``) from a float32 division, exact: ``(local + 0.5) /
+    ntx`` is within ``0.25 / ntx`` of its true value, whose distance to the nearest integer is
+    at least ``0.5 / ntx``; otherwise from int32 ``//`` and ``%``.
+    """
+    if float_div:
+        lf = local.astype(jnp.float32)
+        qy = jnp.floor((lf + 0.5) / ntx)
+        return qy, lf - qy * ntx
+    ni = ntx.astype(jnp.int32)
+    return (local // ni).astype(jnp.float32), (local % ni).astype(jnp.float32)
+
+
 def _chunk_tiles(tab: jax.Array, bbox_col: int, chunk: int, tile: int,
                  max_tiles: int | None = None):
     """The chunk -> (triangle, tile pixel) expansion of a tile stream (the soft rasteriser's).
@@ -210,7 +226,7 @@ def _chunk_tiles(tab: jax.Array, bbox_col: int, chunk: int, tile: int,
     """
     nf = tab.shape[0]
     # a triangle has at most ceil(H / tile) * ceil(W / tile) tiles (< 2**22: float division)
-    float_div = max_tiles is not None and max_tiles < 2**22
+    float_div = max_tiles is not None and max_tiles < _FLOAT_DIV_TILES
     # NumPy, so that they are literal constants inside the caller's loops
     ty_, tx_ = np.meshgrid(np.arange(tile, dtype=np.int32), np.arange(tile, dtype=np.int32),
                            indexing="ij")
@@ -220,14 +236,7 @@ def _chunk_tiles(tab: jax.Array, bbox_col: int, chunk: int, tile: int,
     def expand(k: jax.Array, offsets: jax.Array, total: jax.Array):
         t, f, local = _chunk_owners(k, offsets, chunk, nf)
         row = tab[t]
-        ntxt = row[:, c + 4].astype(jnp.int32)
-        if float_div:
-            # exact: local < 2**22, so (local + 0.5) / ntxt is within 0.25 / ntxt of its true
-            # value, whose distance to the nearest integer is at least 0.5 / ntxt
-            qy = jnp.floor((local.astype(jnp.float32) + 0.5) / row[:, c + 4]).astype(jnp.int32)
-            qx = local - qy * ntxt
-        else:
-            qy, qx = local // ntxt, local % ntxt
+        qy, qx = (q.astype(jnp.int32) for q in _tile_in_box(local, row[:, c + 4], float_div))
         col = (row[:, c].astype(jnp.int32) + qx * tile)[:, None] + tx_[None, :]
         rr = (row[:, c + 1].astype(jnp.int32) + qy * tile)[:, None] + ty_[None, :]
         valid = ((f < total)[:, None] & (col <= row[:, c + 2:c + 3].astype(jnp.int32))
@@ -379,16 +388,7 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
         row = tab[t]
         rc = [row[:, c:c + 1] for c in range(tab.shape[1])]
         jminr, iminr, jmaxr, imaxr, ntxr = rc[nc:]
-        if float_div:
-            # exact: local < 2**22, so (local + 0.5) / ntx is within 0.25 / ntx of its true
-            # value, whose distance to the nearest integer is at least 0.5 / ntx
-            lf = local[:, None].astype(jnp.float32)
-            qy = jnp.floor((lf + 0.5) / ntxr)
-            qx = lf - qy * ntxr
-        else:
-            li = local[:, None]
-            ni = ntxr.astype(jnp.int32)
-            qy, qx = (li // ni).astype(jnp.float32), (li % ni).astype(jnp.float32)
+        qy, qx = _tile_in_box(local[:, None], ntxr, float_div)
         # (chunk, tile**2) pixel centres, in float32 (exact: integers and halves below 2**24);
         # float rather than int32 position arithmetic (which XLA:CPU vectorises poorly here)
         cx, cy = jminr + qx * tile, iminr + qy * tile
