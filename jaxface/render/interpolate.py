@@ -13,16 +13,20 @@ __all__ = ["interpolate"]
 def _interp_single(attr: jax.Array, tid: jax.Array, bary: jax.Array, tri: jax.Array) -> jax.Array:
     nf = tri.shape[0]
     c = attr.shape[-1]
-    table = attr[tri].reshape(nf, 3 * c)  # per-triangle rows: one gather per pixel
-    # background pixels read an out-of-range row: zeros forward, dropped in the backward scatter
+    table = attr[tri].reshape(nf, 3 * c)  # per-triangle rows (corner-major)
+    # background pixels read an out-of-range entry: zeros forward, dropped in the backward
+    # scatter. One gather per table column, not one row gather: on XLA:CPU the column gathers
+    # are as fast forward, and their transposes (the attribute gradient) are scalar
+    # scatter-adds straight from the cotangent planes instead of a scatter of rows of 3C
+    # (attribute gradients at 512² about 12 % faster, the rest unchanged or a little faster)
     idx = jnp.where(tid >= 0, tid, nf)
-    rows = jnp.take(table, idx, axis=0, mode="fill", fill_value=0)
+    rows = [jnp.take(table[:, j], idx, mode="fill", fill_value=0) for j in range(3 * c)]
     # unstack (not three slices): its transpose is one stack, not a sum of three padded arrays
     b0, b1, b2 = jnp.unstack(bary, axis=-1)
     # per-channel planes: no broadcast over a short axis, whose transpose (a reduction over
     # that axis) is very slow on XLA:CPU; stacked first and moved last (XLA:CPU then computes
     # them plane by plane, not the whole expression again for each channel of each pixel)
-    out = jnp.stack([b0 * rows[..., k] + b1 * rows[..., c + k] + b2 * rows[..., 2 * c + k]
+    out = jnp.stack([b0 * rows[k] + b1 * rows[c + k] + b2 * rows[2 * c + k]
                      for k in range(c)], axis=0)
     out = jnp.moveaxis(out, 0, -1)
     return jnp.where((tid >= 0)[..., None], out, jnp.zeros((), out.dtype))
