@@ -37,6 +37,7 @@ For eos' contour mode the 17 jaw landmarks' model points are the nearest jawline
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -220,12 +221,13 @@ def _batched_child(meth: str, lms: np.ndarray, image_size: tuple[int, int], batc
     def run_all():
         return [jax.block_until_ready(fn(y[i:i + chunk])) for i in range(0, batch, chunk)]
 
-    run_all()
-    queue.put(_median_time(run_all, repeat))
+    first = np.concatenate([np.asarray(r.landmarks2d) for r in run_all()])
+    queue.put((_median_time(run_all, repeat), first))
 
 
 def _batched_with_watchdog(meth: str, lms: np.ndarray, image_size: tuple[int, int], batch: int,
-                           chunk: int, repeat: int, timeout: float) -> float | None:
+                           chunk: int, repeat: int, timeout: float
+                           ) -> tuple[float, np.ndarray] | None:
     """Seconds for the whole batch, measured in a child process that is killed after
     ``timeout`` seconds: repeated calls of the wide vmapped ``fit_linear`` used to hang on the
     2-core CPU (jax 0.10.2: two batched LAPACK calls running at once deadlock XLA:CPU's
@@ -234,12 +236,16 @@ def _batched_with_watchdog(meth: str, lms: np.ndarray, image_size: tuple[int, in
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
+    # the child is a second process on the same accelerator: it must not try to reserve the
+    # memory this one already holds (XLA's default preallocation)
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     queue = ctx.Queue()
     proc = ctx.Process(target=_batched_child,
                        args=(meth, lms, image_size, batch, chunk, repeat, queue))
     proc.start()
     try:
-        return float(queue.get(timeout=timeout))
+        seconds, lm2d = queue.get(timeout=timeout)
+        return float(seconds), lm2d
     except Exception:  # queue.Empty: timed out (or the child died)
         return None
     finally:
@@ -292,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
 
     per_image: list[dict] = []
     times: dict[str, list[float]] = {}
+    single_lm2d: dict[str, list[np.ndarray]] = {}  # per-image fits, in all_lms' order
     for src, lm_by_name in sources.items():
         for name, lms in lm_by_name.items():
             y = jnp.asarray(lms, jnp.float32)
@@ -302,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 t = _median_time(lambda fn=fn, y=y: fn(y), repeat)
                 times.setdefault(meth, []).append(t)
                 row[meth] = _errors(np.asarray(res.landmarks2d), lms, gt[name])
+                single_lm2d.setdefault(meth, []).append(np.asarray(res.landmarks2d))
                 if hasattr(res, "iterations"):
                     row[meth]["iterations"] = int(res.iterations)
             if eosf is not None:
@@ -323,18 +331,27 @@ def main(argv: list[str] | None = None) -> int:
     reps = -(-args.batch // len(all_lms))
     batch = jnp.asarray(np.concatenate([all_lms] * reps)[:args.batch], jnp.float32)
     batched: dict[str, float] = {}
+    batched_diff: dict[str, float] = {}
     batched_hung: list[str] = []
     for meth in jax_methods:
         chunk = (args.batch if meth == "jaxface_nonlinear" or args.linear_chunk <= 0
                  else min(args.linear_chunk, args.batch))
-        t = _batched_with_watchdog(meth, np.asarray(batch), image_size, args.batch, chunk,
-                                   max(2, repeat // 3), args.batch_timeout)
-        if t is None:
+        got = _batched_with_watchdog(meth, np.asarray(batch), image_size, args.batch, chunk,
+                                     max(2, repeat // 3), args.batch_timeout)
+        if got is None:
             batched_hung.append(meth)
             print(f"[{time.perf_counter() - t_start:6.0f} s] {meth} batched x{args.batch}: no "
                   f"result within {args.batch_timeout} s (killed)", file=sys.stderr, flush=True)
             continue
+        t, lm2d = got
         batched[meth] = t / args.batch
+        # the batch's first members are the per-image fits' inputs: the same fits, or the
+        # timing is of something else (e.g. TF32 products on a GPU)
+        batched_diff[meth] = float(np.abs(
+            lm2d[:len(all_lms)] - np.stack(single_lm2d[meth])).max())
+        if batched_diff[meth] > 0.05:
+            print(f"WARNING: {meth} batched fits differ from the per-image fits by up to "
+                  f"{batched_diff[meth]:.3g} px", file=sys.stderr, flush=True)
         print(f"[{time.perf_counter() - t_start:6.0f} s] {meth} batched x{args.batch} "
               f"(vmap chunks of {chunk}): {1e3 * batched[meth]:.2f} ms per image",
               file=sys.stderr, flush=True)
@@ -345,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         entry = {"seconds_per_image": statistics.median(times[meth])}
         if meth in batched:
             entry["batched_seconds_per_image"] = batched[meth]
+            entry["batched_max_landmark_diff_px"] = batched_diff[meth]
         for src in sources:
             rows = [r[meth] for r in per_image if r["source"] == src]
             for k in rows[0]:
@@ -388,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         payload["eos_error"] = eos_error or "skipped (--no-eos)"
     results = [{"method": m, "ms_per_image": 1e3 * seconds[m],
                 "batched_ms_per_image": 1e3 * batched[m] if m in batched else None,
+                "batched_max_landmark_diff_px": batched_diff.get(m),
                 "nme_gt2d_%": 100 * nme_by[m],
                 "rmse_gt2d_px": summary[m]["gt2d_rmse_px"]} for m in methods]
     payload["results"] = results

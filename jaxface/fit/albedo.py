@@ -35,6 +35,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from jaxface._pytree import pytree_dataclass, static_field
+from jaxface.fit._precision import full_precision
 from jaxface.mesh.laplacian import (
     cotangent_laplacian,
     cotangent_weights,
@@ -245,6 +246,7 @@ def _free_albedo_cg(data_apply: Any, data_rhs: Array, data_diag: Array, verts: A
     return x
 
 
+@full_precision
 def refine_free_albedo(verts: Any, triangles: Any, observed: Any, weights: Any, prior: Any,
                        smoothness: Any = 1.0, prior_weight: Any = 1e-2,
                        iterations: int = 300) -> Array:
@@ -287,6 +289,7 @@ def refine_free_albedo(verts: Any, triangles: Any, observed: Any, weights: Any, 
     return jnp.clip(out, 0.0, 1.0)
 
 
+@full_precision
 def fit_free_albedo(verts: Any, triangles: Any, triangle_id: Any, barycentric: Any,
                     shading: Any, target: Any, weights: Any, prior: Any,
                     smoothness: Any = 0.3, prior_weight: Any = 1e-2,

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 
 from jaxface._pytree import pytree_dataclass
 from jaxface.camera import AffineCamera, PerspectiveCamera, Pose, estimate_affine_camera
+from jaxface.fit._precision import full_precision
 from jaxface.models.morphable import MorphableModel
 
 Array = jax.Array
@@ -159,6 +160,7 @@ def solve_box_qp(h: Array, g: Array, x0: Array, lower: float = 0.0, upper: float
     return z
 
 
+@full_precision
 def fit_linear(model: MorphableModel, landmarks: Any, image_size: tuple[int, int], *,
                weights: Any = None, n_iterations: int = 5, lambda_identity: Any = 1.0,
                lambda_expression: Any = 1.0, sigma: Any = None, n_identity: int | None = None,

@@ -66,6 +66,7 @@ import optax
 
 from jaxface._pytree import pytree_dataclass, static_field
 from jaxface.camera import PerspectiveCamera, project
+from jaxface.fit._precision import full_precision
 from jaxface.fit.albedo import AlbedoModel, albedo_model, albedo_vertices, fit_free_albedo
 from jaxface.fit.landmarks import FitResult, _landmark_basis, _landmark_noise
 from jaxface.geometry import axis_angle_to_matrix
@@ -206,6 +207,7 @@ def face_submodel(model: MorphableModel, region: str | None = "narrow_face"
     return sub, ids
 
 
+@full_precision
 def fit_photometric(model: MorphableModel, image: Any, init: FitResult, landmarks: Any = None,
                     *, landmark_weights: Any = None, config: PhotometricConfig | None = None,
                     albedo: AlbedoModel | None = None, landmark_set: str = "ibug68",

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxface.camera import PerspectiveCamera, project
+from jaxface.fit._precision import full_precision
 from jaxface.fit.landmarks import (
     MODEL_TO_CAMERA,
     FitConfig,
@@ -52,6 +53,7 @@ SMOOTH_TRANSLATION = 2.0  # mm
 SMOOTH_EXPRESSION = 0.1
 
 
+@full_precision
 def fit_landmarks_sequence(model: MorphableModel, landmarks: Any, image_size: tuple[int, int],
                            *, weights: Any = None, focal: float | None = None,
                            smoothness: float = 0.0, steps: int = 300,

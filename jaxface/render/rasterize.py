@@ -62,6 +62,9 @@ _EPOCH = float(2**29)
 # Below this many tiles per triangle (at most), a tile's place in its box comes from an exact
 # float32 division rather than int32 ``//`` and ``%``.
 _FLOAT_DIV_TILES = 2**22
+# The blocked cumulative sums are float32 products of integers that must be exact: full float32
+# (the default on NVIDIA GPUs, TF32, keeps 11 significant bits, so counts above 2048 would round)
+_EXACT = jax.lax.Precision.HIGHEST
 
 
 @pytree_dataclass
@@ -141,7 +144,7 @@ def _cumsum_int(x: jax.Array, block: int = 64) -> jax.Array:
     xp = jnp.pad(x, (0, m * block - n)).reshape(m, block)
     halves = jnp.concatenate([xp & 4095, xp >> 12], axis=0).astype(jnp.float32)
     tri = jnp.triu(jnp.ones((block, block), jnp.float32))
-    c = (halves @ tri).astype(jnp.int32)
+    c = jnp.matmul(halves, tri, precision=_EXACT).astype(jnp.int32)
     c = c[:m] + (c[m:] << 12)
     tot = c[:, -1]
     off = jnp.cumsum(tot, dtype=jnp.int32) - tot
@@ -157,7 +160,7 @@ def _cumsum_small(x: jax.Array, block: int = 128) -> jax.Array:
         return x
     m = -(-n // block)
     xp = jnp.pad(x, (0, m * block - n)).reshape(m, block).astype(jnp.float32)
-    c = xp @ jnp.triu(jnp.ones((block, block), jnp.float32))
+    c = jnp.matmul(xp, jnp.triu(jnp.ones((block, block), jnp.float32)), precision=_EXACT)
     tot = c[:, -1]
     off = jnp.cumsum(tot) - tot
     return (c + off[:, None]).astype(jnp.int32).reshape(-1)[:n]
@@ -290,7 +293,7 @@ def _cumsum_float(x: jax.Array, block: int = 64) -> jax.Array:
         return x
     m = -(-n // block)
     xp = jnp.pad(x, (0, m * block - n)).reshape(m, block)
-    c = xp @ jnp.triu(jnp.ones((block, block), jnp.float32))
+    c = jnp.matmul(xp, jnp.triu(jnp.ones((block, block), jnp.float32)), precision=_EXACT)
     tot = c[:, -1]
     off = (_cumsum_float(tot, block) if m > 1 else tot) - tot
     return (c + off[:, None]).reshape(-1)[:n]

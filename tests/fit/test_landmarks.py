@@ -11,6 +11,7 @@ from jaxface.camera import PerspectiveCamera, project
 from jaxface.fit import MODEL_TO_CAMERA, fit_landmarks, model_vertices_camera
 from jaxface.geometry import axis_angle_to_matrix
 from jaxface.models import landmarks, load_default, vertices
+from tests.jaxpr_tools import HIGHEST, dot_precisions
 
 H, W = 480, 640
 CAM = PerspectiveCamera(fx=640.0, fy=640.0, cx=W / 2, cy=H / 2)
@@ -145,10 +146,15 @@ def test_vmap_in_chunks_matches_single(model, monkeypatch):
                                       single.landmark_vertex_ids)
 
 
-def test_bordered_cholesky_solves():
+@pytest.mark.parametrize("bordered", [True, False])
+def test_bordered_cholesky_solves(bordered, monkeypatch):
     # the LM step's factorisation: one Cholesky of [[a, b], [b^T, c]] gives L and L^{-1} b
+    # (CPU), or a full symmetric factorisation and a solve (other backends); both read only
+    # the upper triangle of ``a``
+    import jaxface.fit.landmarks as lmk
     from jaxface.fit.landmarks import _cholesky_backward, _cholesky_forward
 
+    monkeypatch.setattr(lmk, "_bordered_factorisation", lambda: bordered)
     rng = np.random.default_rng(0)
     j = rng.normal(size=(12, 9))
     a = j.T @ j + 0.1 * np.eye(9)
@@ -159,6 +165,26 @@ def test_bordered_cholesky_solves():
         np.testing.assert_allclose(z, np.linalg.solve(np.linalg.cholesky(a), b), rtol=1e-9)
         np.testing.assert_allclose(_cholesky_backward(lb, z), np.linalg.solve(a, b),
                                    rtol=1e-9)
+
+
+def test_unbordered_factorisation_gives_the_same_fits(model, monkeypatch):
+    # the factorisation used off CPU (full symmetric matrix, separate solve), run here on CPU:
+    # the same fits as the bordered one, single and vmapped
+    import jaxface.fit.landmarks as lmk
+
+    lms = jnp.stack([_synthetic(model, 30 + i, [0.1 * i, 0.35 - 0.3 * i, 0.0], noise_px=0.5)["lm"]
+                     for i in range(3)])
+    ref = jax.vmap(lambda lm: fit_landmarks(model, lm, (H, W)))(lms)
+    monkeypatch.setattr(lmk, "_bordered_factorisation", lambda: False)
+    jax.clear_caches()
+    try:
+        got = jax.vmap(lambda lm: fit_landmarks(model, lm, (H, W)))(lms)
+        one = fit_landmarks(model, lms[2], (H, W))
+    finally:
+        jax.clear_caches()
+    np.testing.assert_allclose(got.landmarks2d, ref.landmarks2d, atol=0.05)
+    np.testing.assert_allclose(one.landmarks2d, ref.landmarks2d[2], atol=0.05)
+    np.testing.assert_array_equal(got.landmark_vertex_ids, ref.landmark_vertex_ids)
 
 
 @pytest.mark.parametrize("inner", [1, 3])
@@ -234,3 +260,30 @@ def test_optax_solvers_reach_the_lm_optimum(model, solver):
     assert _angle_deg(opt.rotation, s["rot"]) < 3.0
     with pytest.raises(ValueError, match="solver"):
         fit_landmarks(model, s["lm"], (H, W), solver="sgd")
+
+
+def test_fits_use_full_float32_products(model):
+    # NVIDIA GPUs default float32 products to TF32 (~3 significant digits): the normal
+    # equations then go wrong (vmapped fits on an H100 landed up to 13 px off the per-image
+    # ones). Every product in the fits must ask for full precision, whatever the caller's
+    # default.
+    from jaxface.fit.linear import fit_linear
+    from jaxface.fit.photometric import fit_photometric
+    from jaxface.fit.sequence import fit_landmarks_sequence
+
+    lm = jnp.asarray(_synthetic(model, 7, [0.0, 0.2, 0.0])["lm"])
+    init = fit_landmarks(model, lm, (H, W))
+    image = jnp.full((H, W, 3), 0.5, jnp.float32)
+    with jax.default_matmul_precision("bfloat16"):
+        for name, fn, arg in (
+                ("landmarks", lambda y: fit_landmarks(model, y, (H, W)), lm),
+                ("vmapped", lambda y: jax.vmap(lambda z: fit_landmarks(model, z, (H, W)))(y[None]),
+                 lm),
+                ("linear", lambda y: fit_linear(model, y, (H, W)), lm),
+                ("sequence", lambda y: fit_landmarks_sequence(model, jnp.stack([y, y]), (H, W),
+                                                              steps=2), lm),
+                ("photometric", lambda im: fit_photometric(model, im, init, lm, steps=2, size=32),
+                 image)):
+            precisions = dot_precisions(fn, arg)
+            assert len(precisions) > 2, name
+            assert all(p == HIGHEST for p in precisions), (name, set(map(str, precisions)))

@@ -11,6 +11,7 @@ import pytest
 
 from jaxface.render.rasterize import Fragments, rasterize
 from jaxface.render.reference import fit_to_image, rasterize_reference
+from tests.jaxpr_tools import HIGHEST, dot_precisions
 
 # the module (the package attribute ``jaxface.render.rasterize`` is the function)
 rast_mod = importlib.import_module("jaxface.render.rasterize")
@@ -358,3 +359,19 @@ def test_batched_gradients_and_jvp_match_per_image(rng, perspective):
         j1 += jax.jvp(lambda v, w1=w1: loss(v, w1), (vb[b],), (dv[b],))[1]
     np.testing.assert_allclose(jb, j1, rtol=1e-4, atol=1e-4)
     assert float(jnp.abs(gb[0]).sum()) > 0
+
+
+def test_integer_sums_ask_for_full_float32_products(rng):
+    # the tile stream's offsets and owners come from float32 products of integer counts, exact
+    # only in full float32: NVIDIA GPUs default to TF32 (11 significant bits), which would round
+    # counts above 2048 (a large triangle's tiles, a long run of empty triangles)
+    from jaxface.render import soft_rasterize
+
+    v = jnp.asarray(rng.uniform(0, 40, (30, 3)).astype(np.float32))
+    f = jnp.asarray(rng.integers(0, 30, (20, 3)).astype(np.int32))
+    with jax.default_matmul_precision("bfloat16"):
+        for fn in (lambda x: rasterize(x, f, (40, 40)).barycentric,
+                   lambda x: rasterize(x[None], f, (40, 40)).barycentric,
+                   lambda x: soft_rasterize(x, f, (40, 40), sigma=0.5).barycentric):
+            precisions = dot_precisions(fn, v)
+            assert precisions and all(p == HIGHEST for p in precisions), set(map(str, precisions))
