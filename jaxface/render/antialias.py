@@ -56,107 +56,114 @@ def edge_neighbors(triangles: np.ndarray) -> np.ndarray:
     return out
 
 
-def _crossing(p, n_sil, own_c, oth_c, oth_depth, oth_bg):
+def _crossing(p: list, sil: list, own_c: tuple, oth_c: tuple, oth_depth: jax.Array,
+              oth_bg: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Crossing fraction of a silhouette edge of the owner's triangle along own->other.
 
-    p: (..., 3, 3) owner triangle vertices (x, y, z); n_sil: (..., 3) bool silhouette flags.
-    Returns ``(valid (...), t (...))``.
+    Everything is a same-shape plane (struct-of-arrays: no length-3 axis, whose broadcasts
+    and reductions are slow on XLA:CPU, particularly transposed).
+
+    Args:
+      p: 9 planes ``x0 y0 z0 x1 y1 z1 x2 y2 z2``, the owner triangle's screen vertices.
+      sil: 3 bool planes, edge ``k`` (opposite vertex ``k``) is a silhouette edge.
+      own_c, oth_c: ``(x, y)`` planes of the owner's and the other pixel's centres.
+      oth_depth, oth_bg: the other pixel's depth and whether it is background.
+
+    Returns:
+      ``(valid, t)`` planes.
     """
-    x, y, z = p[..., 0], p[..., 1], p[..., 2]
-    area = (x[..., 1] - x[..., 0]) * (y[..., 2] - y[..., 0]) - (
-        x[..., 2] - x[..., 0]) * (y[..., 1] - y[..., 0])
+    x, y, z = p[0::3], p[1::3], p[2::3]
+    area = (x[1] - x[0]) * (y[2] - y[0]) - (x[2] - x[0]) * (y[1] - y[0])
     s = jnp.sign(area)
-    ts, oks = [], []
-    for k in range(3):
-        i, j = (k + 1) % 3, (k + 2) % 3
-        ex, ey = x[..., j] - x[..., i], y[..., j] - y[..., i]
-
-        def efun(c, ex=ex, ey=ey, i=i):
-            return (ex * (c[1] - y[..., i]) - ey * (c[0] - x[..., i])) * s
-
-        ea, eb = efun(own_c), efun(oth_c)  # inside >= 0
-        den = ea - eb
-        okk = n_sil[..., k] & (ea >= 0) & (eb < 0)
-        t = ea / jnp.where(okk, den, 1.0)
-        # the crossing point must lie on the edge segment
-        cx = own_c[0] + t * (oth_c[0] - own_c[0])
-        cy = own_c[1] + t * (oth_c[1] - own_c[1])
-        l2 = ex * ex + ey * ey
-        u = ((cx - x[..., i]) * ex + (cy - y[..., i]) * ey) / jnp.where(okk & (l2 > 0), l2, 1.0)
-        okk = okk & (u >= 0) & (u <= 1)
-        ts.append(jnp.where(okk, t, 0.0))
-        oks.append(okk)
-    oks = jnp.stack(oks, -1)
-    ts = jnp.stack(ts, -1)
-    # the first valid edge (a pixel segment rarely crosses two silhouette edges of one triangle)
-    first = jnp.argmax(oks, axis=-1)
-    valid = jnp.any(oks, axis=-1)
-    t = jnp.take_along_axis(ts, first[..., None], -1)[..., 0]
-    # the owner's plane must be in front of the other pixel's surface at the other centre
+    t = jnp.zeros_like(area)
+    valid = jnp.zeros(area.shape, bool)
     e_oth = []
-    for k in range(3):
+    # edges in reverse, so that the first valid edge wins (a pixel segment rarely crosses two
+    # silhouette edges of one triangle)
+    for k in (2, 1, 0):
         i, j = (k + 1) % 3, (k + 2) % 3
-        e_oth.append((x[..., j] - x[..., i]) * (oth_c[1] - y[..., i])
-                     - (y[..., j] - y[..., i]) * (oth_c[0] - x[..., i]))
-    e_oth = jnp.stack(e_oth, -1)
+        ex, ey = x[j] - x[i], y[j] - y[i]
+        ea = (ex * (own_c[1] - y[i]) - ey * (own_c[0] - x[i])) * s  # inside >= 0
+        e_o = ex * (oth_c[1] - y[i]) - ey * (oth_c[0] - x[i])
+        e_oth.append(e_o)
+        eb = e_o * s
+        okk = sil[k] & (ea >= 0) & (eb < 0)
+        tk = ea / jnp.where(okk, ea - eb, 1.0)
+        # the crossing point must lie on the edge segment
+        cx = own_c[0] + tk * (oth_c[0] - own_c[0])
+        cy = own_c[1] + tk * (oth_c[1] - own_c[1])
+        l2 = ex * ex + ey * ey
+        u = ((cx - x[i]) * ex + (cy - y[i]) * ey) / jnp.where(okk & (l2 > 0), l2, 1.0)
+        okk = okk & (u >= 0) & (u <= 1)
+        t = jnp.where(okk, tk, t)
+        valid = valid | okk
+    # the owner's plane must be in front of the other pixel's surface at the other centre
     safe_area = jnp.where(area != 0, area, 1.0)
-    z_at = jnp.sum(e_oth * z, -1) / safe_area
+    z_at = (e_oth[2] * z[0] + e_oth[1] * z[1] + e_oth[0] * z[2]) / safe_area
     valid = valid & (oth_bg | (z_at < oth_depth))
     return valid, jnp.where(valid, t, 0.0)
 
 
-def _aa_single(color, tid, depth, sv, tri, nbr, cull_sign):
+def _materialise(x, diff: jax.Array):
+    """``x`` unchanged, computed once into memory: passed through a conditional on a runtime
+    predicate (any differing pixel pair), which XLA cannot fuse across. Otherwise XLA:CPU fuses
+    the whole crossing computation into every channel of both pixels of every pair (removing
+    ``optimization_barrier`` on CPU), which made the pass several times slower. No pair
+    differs -> zero weights, which is also the value of ``x`` then."""
+    return jax.lax.cond(jnp.any(diff), lambda y: y, lambda y: jax.tree.map(jnp.zeros_like, y), x)
+
+
+def _aa_single(color, tid, depth, sv, tri, nbr):
     h, wd = tid.shape
     nf = tri.shape[0]
     covered = tid >= 0
-    safe = jnp.where(covered, tid, 0)
     p_all = sv[tri]  # (F, 3, 3)
     area = (p_all[:, 1, 0] - p_all[:, 0, 0]) * (p_all[:, 2, 1] - p_all[:, 0, 1]) - (
         p_all[:, 2, 0] - p_all[:, 0, 0]) * (p_all[:, 1, 1] - p_all[:, 0, 1])
-    area = jax.lax.stop_gradient(area)
-    sgn = jnp.sign(area)
+    sgn = jnp.sign(jax.lax.stop_gradient(area))
     nb_safe = jnp.where(nbr >= 0, nbr, 0)
     sil = (nbr < 0) | (sgn[nb_safe] != sgn[:, None]) | (sgn[nb_safe] == 0)  # (F, 3)
-    del nf, cull_sign
-    table = jnp.concatenate([p_all.reshape(-1, 9), sil.astype(p_all.dtype)], axis=1)
-    rows = table[safe]  # (H, W, 12)
-    p = rows[..., :9].reshape(h, wd, 3, 3)
-    silp = (rows[..., 9:] > 0.5) & covered[..., None]
+    table = p_all.reshape(nf, 9)
+    # per-pixel planes of the pixel's triangle, one gather per table column (transposed:
+    # scalar scatter-adds from the cotangent planes); zeros and no silhouette on background
+    idx = jnp.where(covered, tid, nf)
+    p = [jnp.take(table[:, c], idx, mode="fill", fill_value=0) for c in range(9)]
+    silp = [jnp.take(sil[:, k], idx, mode="fill", fill_value=False) for k in range(3)]
     dep = jax.lax.stop_gradient(depth)
-    jj, ii = jnp.meshgrid(jnp.arange(wd, dtype=p.dtype) + 0.5, jnp.arange(h, dtype=p.dtype) + 0.5)
-    out = color
-    delta = jnp.zeros_like(color)
+    ii, jj = jnp.meshgrid(jnp.arange(h, dtype=sv.dtype) + 0.5, jnp.arange(wd, dtype=sv.dtype) + 0.5,
+                          indexing="ij")
+    chans = list(jnp.unstack(color, axis=-1))  # per-channel planes
+    delta = [jnp.zeros_like(c) for c in chans]
     for axis in (0, 1):  # vertical pairs (rows i, i+1), horizontal pairs (cols j, j+1)
-        def sl(a, lo, axis=axis):
-            n = a.shape[axis]
-            return jax.lax.slice_in_dim(a, 0, n - 1, axis=axis) if lo else \
-                jax.lax.slice_in_dim(a, 1, n, axis=axis)
-        ta, tb = sl(tid, True), sl(tid, False)
+        def lo(a, axis=axis):
+            return jax.lax.slice_in_dim(a, 0, a.shape[axis] - 1, axis=axis)
+
+        def hi(a, axis=axis):
+            return jax.lax.slice_in_dim(a, 1, a.shape[axis], axis=axis)
+
+        ta, tb = lo(tid), hi(tid)
         diff = ta != tb
-        ca = (sl(jj, True), sl(ii, True))
-        cb = (sl(jj, False), sl(ii, False))
-        col_a, col_b = sl(color, True), sl(color, False)
+        ca, cb = (lo(jj), lo(ii)), (hi(jj), hi(ii))
         # A owns the silhouette
-        va, t_a = _crossing(sl(p, True), sl(silp, True), ca, cb, sl(dep, False), tb < 0)
+        va, t_a = _crossing([lo(q) for q in p], [lo(q) for q in silp], ca, cb, hi(dep), tb < 0)
         # B owns the silhouette (t measured from B)
-        vb, t_b = _crossing(sl(p, False), sl(silp, False), cb, ca, sl(dep, True), ta < 0)
+        vb, t_b = _crossing([hi(q) for q in p], [hi(q) for q in silp], cb, ca, lo(dep), ta < 0)
         va = va & diff
         vb = vb & diff & ~va
         # owner A: t>1/2 -> B blends towards A; t<1/2 -> A blends towards B
-        wa_b = jnp.where(va, jnp.maximum(t_a - 0.5, 0.0), 0.0)[..., None]
-        wa_a = jnp.where(va, jnp.maximum(0.5 - t_a, 0.0), 0.0)[..., None]
-        wb_a = jnp.where(vb, jnp.maximum(t_b - 0.5, 0.0), 0.0)[..., None]
-        wb_b = jnp.where(vb, jnp.maximum(0.5 - t_b, 0.0), 0.0)[..., None]
-        d_a = (col_b - col_a) * (wa_a + wb_a)
-        d_b = (col_a - col_b) * (wa_b + wb_b)
-        n = color.shape[axis]
-        pad_lo = [(0, 0)] * color.ndim
-        pad_hi = [(0, 0)] * color.ndim
-        pad_lo[axis] = (0, 1)
-        pad_hi[axis] = (1, 0)
-        delta = delta + jnp.pad(d_a, pad_lo) + jnp.pad(d_b, pad_hi)
-        del n
-    return out + delta
+        w_a = jnp.where(va, jnp.maximum(0.5 - t_a, 0.0), 0.0) + jnp.where(
+            vb, jnp.maximum(t_b - 0.5, 0.0), 0.0)
+        w_b = jnp.where(va, jnp.maximum(t_a - 0.5, 0.0), 0.0) + jnp.where(
+            vb, jnp.maximum(0.5 - t_b, 0.0), 0.0)
+        w_a, w_b = _materialise((w_a, w_b), diff)
+        pad_a = [(0, 0), (0, 0)]
+        pad_b = [(0, 0), (0, 0)]
+        pad_a[axis] = (0, 1)
+        pad_b[axis] = (1, 0)
+        for c, ch in enumerate(chans):
+            d = hi(ch) - lo(ch)
+            delta[c] = delta[c] + jnp.pad(d * w_a, pad_a) - jnp.pad(d * w_b, pad_b)
+    return jnp.stack([ch + dc for ch, dc in zip(chans, delta, strict=True)], axis=-1)
 
 
 def antialias(
@@ -200,6 +207,8 @@ def antialias(
             f"color {tuple(color.shape)} must be fragments' shape {tuple(tid.shape)} plus channels"
         )
     if tid.ndim == 3:
-        return jax.vmap(lambda c, t, d, s: _aa_single(c, t, d, s, tri, nbr, 0))(
-            color, tid, fragments.depth, sv)
-    return _aa_single(color, tid, fragments.depth, sv, tri, nbr, 0)
+        # one image after the other (a vmapped conditional would become a select, which XLA
+        # fuses again: see _materialise)
+        return jax.lax.map(lambda a: _aa_single(a[0], a[1], a[2], a[3], tri, nbr),
+                           (color, tid, fragments.depth, sv))
+    return _aa_single(color, tid, fragments.depth, sv, tri, nbr)
