@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxface.render.rasterize import Fragments
+from jaxface.render.rasterize import Fragments, _gather_columns
 
 __all__ = ["antialias", "edge_neighbors"]
 
@@ -126,9 +126,8 @@ def _aa_single(color, tid, depth, sv, tri, nbr):
     table = p_all.reshape(nf, 9)
     # per-pixel planes of the pixel's triangle, one gather per table column (transposed:
     # scalar scatter-adds from the cotangent planes); zeros and no silhouette on background
-    idx = jnp.where(covered, tid, nf)
-    p = [jnp.take(table[:, c], idx, mode="fill", fill_value=0) for c in range(9)]
-    silp = [jnp.take(sil[:, k], idx, mode="fill", fill_value=False) for k in range(3)]
+    p = _gather_columns(table, tid, covered)
+    silp = _gather_columns(sil, tid, covered)
     dep = jax.lax.stop_gradient(depth)
     ii, jj = jnp.meshgrid(jnp.arange(h, dtype=sv.dtype) + 0.5, jnp.arange(wd, dtype=sv.dtype) + 0.5,
                           indexing="ij")
