@@ -213,8 +213,10 @@ def render_mesh(verts_cam: Any, triangles: Any, camera: Camera, image_size: tupl
         nbr = neighbors
         if nbr is None:
             nbr = edge_neighbors(np.asarray(triangles))
-        rgb = antialias(rgb, frags, scr.xyz, tri, neighbors=nbr)
-        mask = antialias(mask[..., None], frags, scr.xyz, tri, neighbors=nbr)[..., 0]
+        # colour and coverage in one pass (one search for the silhouette crossings)
+        rgbm = antialias(jnp.concatenate([rgb, mask[..., None]], axis=-1), frags, scr.xyz, tri,
+                         neighbors=nbr)
+        rgb, mask = rgbm[..., :3], rgbm[..., 3]
     elif mode == "soft":
         sfr = soft_rasterize(scr.xyz, tri, (h, w), sigma=soft_sigma,
                              faces_per_pixel=faces_per_pixel, w=scr.w)
