@@ -94,7 +94,8 @@ def _edge_table(sv: jax.Array, tri: jax.Array, nbr: jax.Array):
     sgn_nb = sgn[nb_safe]
     # a silhouette edge: a boundary, or its two triangles face opposite ways on screen (or the
     # other one is degenerate); of the two instances of a fold edge, the one of the triangle
-    # with positive signed area is kept (both lie on the same side of the edge on screen)
+    # with positive signed area is kept (both lie on the same side of the edge on screen). A
+    # triangle given as its own neighbour faces its own way: never a silhouette
     keep = (sgn[:, None] != 0) & (
         (nbr < 0) | (sgn_nb == 0) | ((sgn_nb != sgn[:, None]) & (sgn[:, None] > 0)))
     ends = []
@@ -297,7 +298,9 @@ def antialias(
       screen_vertices: ``(V, 3)`` / ``(B, V, 3)`` the rasterised screen vertices.
       triangles: ``(F, 3)`` int.
       neighbors: ``(F, 3)`` from :func:`edge_neighbors` (computed here when ``None``, which needs
-        concrete triangles; pass it explicitly under ``jit`` with traced triangles).
+        concrete triangles; pass it explicitly under ``jit`` with traced triangles). An entry
+        equal to the triangle's own index marks an edge that is never a silhouette (e.g. the
+        boundary of a region cut out of a larger surface and composited over a photo of it).
 
     Returns:
       the antialiased image, same shape as ``color``; differentiable w.r.t. ``color`` and

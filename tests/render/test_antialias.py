@@ -208,3 +208,21 @@ def test_sub_pixel_silhouette_gradients_match_finite_differences():
                 np.testing.assert_allclose(g[vi, c], fd, rtol=1e-4, atol=1e-6)
                 checked += abs(float(g[vi, c])) > 1e-3
         assert checked >= 8
+
+
+def test_own_index_as_neighbour_marks_an_edge_that_is_never_a_silhouette():
+    v = jnp.array([[4.3, 3.7, 1.0], [27.2, 9.1, 1.0], [11.6, 26.4, 1.0]])
+    fr = rasterize(v, F1, (32, 32))
+    col = jnp.where(fr.mask[..., None], FG, BG)
+    nb = np.array([[0, -1, 0]], np.int32)  # only edge 1 (vertices 2 -> 0) stays a boundary
+    out = np.asarray(antialias(col, fr, v, F1, neighbors=nb))
+    changed = np.abs(out - np.asarray(col)).max(axis=-1) > 0
+    full = np.abs(np.asarray(_render_jit(v)[0] - col)).max(axis=-1) > 0
+    assert changed.any() and changed.sum() < full.sum()
+    # every changed pixel pair straddles edge 1 (the line through vertices 2 and 0)
+    x, y = np.meshgrid(np.arange(32) + 0.5, np.arange(32) + 0.5)
+    (x0, y0), (x2, y2) = np.asarray(v[0, :2]), np.asarray(v[2, :2])
+    dist = np.abs((x0 - x2) * (y - y2) - (y0 - y2) * (x - x2)) / np.hypot(x0 - x2, y0 - y2)
+    assert dist[changed].max() < 1.5
+    nb_none = np.array([[0, 0, 0]], np.int32)
+    np.testing.assert_array_equal(antialias(col, fr, v, F1, neighbors=nb_none), col)
