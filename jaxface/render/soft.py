@@ -31,11 +31,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxface._pytree import pytree_dataclass
-from jaxface.render.rasterize import _check_inputs, _chunk_tiles, _cumsum_int
+from jaxface.render.rasterize import (
+    _check_inputs,
+    _chunk_tiles,
+    _cumsum_int,
+    _depth_keys,
+    _scatter_min,
+)
 
 __all__ = ["SoftFragments", "soft_radius", "soft_rasterize", "soft_interpolate", "soft_blend"]
 
-_BIG_ID = np.int32(np.iinfo(np.int32).max)
 
 
 @pytree_dataclass
@@ -69,39 +74,37 @@ def soft_radius(sigma: float, eps: float = 1e-4) -> float:
     return math.sqrt(sigma * math.log((1.0 - eps) / eps))
 
 
-def _point_tri(p, px, py):
-    """Signed squared distance, clipped barycentrics and raw edge functions.
+def _point_tri_planes(c: list, px: jax.Array, py: jax.Array):
+    """Pixel centre against triangle: ``(dist, [b0, b1, b2], nondeg)``.
 
-    p: (..., 3, 3) vertices; px, py broadcastable to (...).
-    """
-    x, y = p[..., 0], p[..., 1]
-    x0, x1, x2 = x[..., 0], x[..., 1], x[..., 2]
-    y0, y1, y2 = y[..., 0], y[..., 1], y[..., 2]
-    e0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)
-    e1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)
-    e2 = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
-    area = e0 + e1 + e2
+    ``dist`` is the signed squared distance (px², negative inside) to the triangle, ``b_k`` the
+    barycentrics clipped to the triangle (clamped at 0 and renormalised), ``nondeg`` whether
+    the triangle has non-zero area. ``c``: columns ``x0 y0 z0 x1 y1 z1 x2 y2 z2`` broadcasting
+    against ``px``/``py``. Written plane by plane: broadcasts and reductions over a length-3
+    axis are slow on XLA:CPU, forward and (much more so) transposed."""
+    x, y = c[0::3], c[1::3]
+    e = [(x[2] - x[1]) * (py - y[1]) - (y[2] - y[1]) * (px - x[1]),
+         (x[0] - x[2]) * (py - y[2]) - (y[0] - y[2]) * (px - x[2]),
+         (x[1] - x[0]) * (py - y[0]) - (y[1] - y[0]) * (px - x[0])]
+    area = e[0] + e[1] + e[2]
     nondeg = area != 0
     sa = jnp.where(area > 0, 1.0, -1.0)
-    inside = nondeg & (e0 * sa >= 0) & (e1 * sa >= 0) & (e2 * sa >= 0)
-    # squared distance to the three edge segments
-    d2s = []
+    inside = nondeg & (e[0] * sa >= 0) & (e[1] * sa >= 0) & (e[2] * sa >= 0)
+    d2 = None
     for a, b in ((1, 2), (2, 0), (0, 1)):
-        ax, ay, bx, by = x[..., a], y[..., a], x[..., b], y[..., b]
-        ex, ey = bx - ax, by - ay
+        ex, ey = x[b] - x[a], y[b] - y[a]
         l2 = ex * ex + ey * ey
-        tt = ((px - ax) * ex + (py - ay) * ey) / jnp.where(l2 > 0, l2, 1.0)
+        tt = ((px - x[a]) * ex + (py - y[a]) * ey) / jnp.where(l2 > 0, l2, 1.0)
         tt = jnp.clip(jnp.where(l2 > 0, tt, 0.0), 0.0, 1.0)
-        dx, dy = px - ax - tt * ex, py - ay - tt * ey
-        d2s.append(dx * dx + dy * dy)
-    d2 = jnp.minimum(jnp.minimum(d2s[0], d2s[1]), d2s[2])
+        dx, dy = px - x[a] - tt * ex, py - y[a] - tt * ey
+        d2k = dx * dx + dy * dy
+        d2 = d2k if d2 is None else jnp.minimum(d2, d2k)
     dist = jnp.where(inside, -d2, d2)
     safe_area = jnp.where(nondeg, area, 1.0)
-    b = jnp.stack([e0, e1, e2], -1) / safe_area[..., None]
-    b = jnp.clip(b, 0.0, None)
-    s = jnp.sum(b, -1, keepdims=True)
-    b = b / jnp.where(s > 0, s, 1.0)
-    return dist, b, nondeg
+    b = [jnp.clip(ek / safe_area, 0.0, None) for ek in e]
+    sb = b[0] + b[1] + b[2]
+    sb = jnp.where(sb > 0, sb, 1.0)
+    return dist, [bk / sb for bk in b], nondeg
 
 
 def _candidates(v, tri, h, wd, radius, chunk, tile):
@@ -140,10 +143,9 @@ def _candidates(v, tri, h, wd, radius, chunk, tile):
         t, row, col, rr, valid = expand(k, offsets, total)
         px = col.astype(jnp.float32) + 0.5
         py = rr.astype(jnp.float32) + 0.5
-        pt = row[:, None, :9].reshape(-1, 1, 3, 3)
-        dist, b, nondeg = _point_tri(pt, px, py)
-        z = pt[..., 2]
-        depth = jnp.sum(b * z, -1)
+        c = [row[:, i:i + 1] for i in range(9)]
+        dist, b, nondeg = _point_tri_planes(c, px, py)
+        depth = b[0] * c[2] + b[1] * c[5] + b[2] * c[8]
         keep = valid & nondeg & (dist <= r2) & jnp.isfinite(depth)
         pix = jnp.where(keep, rr * wd + col, npix).reshape(-1)
         tt = jnp.broadcast_to(t[:, None], keep.shape).reshape(-1)
@@ -169,40 +171,37 @@ def _select_k(v, tri, h, wd, radius, k_faces, chunk, tile):
 
         return jax.lax.while_loop(lambda c: c[0] < n_chunks, body, (jnp.int32(1), state))[1]
 
-    def count_fn(d, cnt):
+    empty = np.uint64(2**64 - 1)
+
+    def keys(d):
+        t, pix, depth = d
+        # 64-bit (depth, id) keys: the depth's order-preserving bits, then the triangle id, so
+        # that one unsigned comparison orders candidates by depth and breaks ties by id
+        return _depth_keys(depth, t, pix < npix)
+
+    def first_fn(d, state):
+        """Slot 0 (the smallest key per pixel) and the candidate count, in one sweep."""
+        cnt, kb = state
         _, pix, _ = d
-        return cnt.at[pix].add(1, mode="drop")
+        return cnt.at[pix].add(1, mode="drop"), _scatter_min(kb, pix, keys(d))
 
-    count = sweep(count_fn, jnp.zeros((npix,), jnp.int32))
+    def peel_fn(prev):
+        def fn(d, kb):
+            """The smallest key after the previous slot's key, per pixel."""
+            _, pix, _ = d
+            key = keys(d)
+            later = key > prev[jnp.minimum(pix, npix - 1)]
+            return _scatter_min(kb, jnp.where(later, pix, npix), key)
+        return fn
 
-    def peel(k, state):
-        """Slot k: the (depth, id)-smallest candidate after slot k-1's (depth, id)."""
-        zprev, tprev, ids = state
-
-        def later(d):
-            t, pix, depth = d
-            pc = jnp.minimum(pix, npix - 1)
-            zp, tp = zprev[pc], tprev[pc]
-            return (depth > zp) | ((depth == zp) & (t > tp))
-
-        def zmin_fn(d, zb):
-            _, pix, depth = d
-            return zb.at[jnp.where(later(d), pix, npix)].min(depth, mode="drop")
-
-        zk = sweep(zmin_fn, jnp.full((npix,), jnp.inf, jnp.float32))
-
-        def tmin_fn(d, tb):
-            t, pix, depth = d
-            hit = later(d) & (depth == zk[jnp.minimum(pix, npix - 1)])
-            return tb.at[jnp.where(hit, pix, npix)].min(t, mode="drop")
-
-        tk = sweep(tmin_fn, jnp.full((npix,), _BIG_ID, jnp.int32))
-        ids = ids.at[:, k].set(jnp.where(tk == _BIG_ID, -1, tk))
-        return zk, tk, ids
-
-    init = (jnp.full((npix,), -jnp.inf, jnp.float32), jnp.full((npix,), -1, jnp.int32),
-            jnp.full((npix, k_faces), -1, jnp.int32))
-    ids = jax.lax.fori_loop(0, k_faces, peel, init)[2]
+    with jax.enable_x64(True):
+        count, kb = sweep(first_fn, (jnp.zeros((npix,), jnp.int32),
+                                     jnp.full((npix,), empty, jnp.uint64)))
+        slots = [kb]
+        for _ in range(1, k_faces):
+            slots.append(sweep(peel_fn(slots[-1]), jnp.full((npix,), empty, jnp.uint64)))
+        low = [(q & jnp.uint64(0xFFFFFFFF)).astype(jnp.uint32) for q in slots]
+    ids = jnp.stack([jax.lax.bitcast_convert_type(q, jnp.int32) for q in low], axis=1)
     overflow = jnp.maximum(count - k_faces, 0)
     # an int32 overflow of the candidate count: report every pixel as overflowing
     overflow = jnp.where(too_many, jnp.int32(np.iinfo(np.int32).max), overflow)
@@ -216,19 +215,25 @@ def _soft_single(sv, tri, h, wd, radius, k_faces, chunk, tile, w=None):
     valid = ids >= 0
     nf = tri.shape[0]
     table = sv[tri].reshape(nf, 9)
-    p = table[jnp.where(valid, ids, 0)].reshape(h, wd, k_faces, 3, 3)
-    py, px = jnp.meshgrid(jnp.arange(h, dtype=p.dtype) + 0.5, jnp.arange(wd, dtype=p.dtype) + 0.5,
-                          indexing="ij")
-    dist, b, _ = _point_tri(p, px[..., None], py[..., None])
+    # (H, W, K) planes of the slots' triangles, one gather per table column (transposed: scalar
+    # scatter-adds; a gather of rows of 9 transposes, on XLA:CPU, into one fusion that
+    # recomputes the whole cotangent graph for each of the 9 row entries)
+    idx = jnp.where(valid, ids, nf)
+    c = [jnp.take(table[:, i], idx, mode="fill", fill_value=0) for i in range(9)]
+    py, px = jnp.meshgrid(jnp.arange(h, dtype=table.dtype) + 0.5,
+                          jnp.arange(wd, dtype=table.dtype) + 0.5, indexing="ij")
+    dist, b, _ = _point_tri_planes(c, px[..., None], py[..., None])
     if w is not None:
         # perspective-correct: screen-space barycentrics weighted by 1 / w, renormalised
-        wt = jnp.maximum(w[tri][jnp.where(valid, ids, 0)], 1e-6)  # (H, W, K, 3)
-        q = b / wt
-        b = q / jnp.maximum(jnp.sum(q, -1, keepdims=True), 1e-30)
-    depth = jnp.sum(b * p[..., 2], -1)
+        wtri = w[tri]
+        q = [b[k] / jnp.maximum(jnp.take(wtri[:, k], idx, mode="fill", fill_value=1), 1e-6)
+             for k in range(3)]
+        sq = jnp.maximum(q[0] + q[1] + q[2], 1e-30)
+        b = [qk / sq for qk in q]
+    depth = b[0] * c[2] + b[1] * c[5] + b[2] * c[8]
     return SoftFragments(
         triangle_id=ids,
-        barycentric=jnp.where(valid[..., None], b, 0.0),
+        barycentric=jnp.where(valid[..., None], jnp.stack(b, axis=-1), 0.0),
         depth=jnp.where(valid, depth, jnp.inf),
         dist=jnp.where(valid, dist, jnp.inf),
         overflow=overflow.reshape(h, wd),
