@@ -74,6 +74,23 @@ def soft_radius(sigma: float, eps: float = 1e-4) -> float:
     return math.sqrt(sigma * math.log((1.0 - eps) / eps))
 
 
+@jax.custom_jvp
+def _materialised(x, pred):
+    """``x`` (a tuple of arrays) unchanged; its tangents (and so, transposed, its cotangents)
+    pass through a conditional on the runtime predicate ``pred`` (always true), which XLA
+    cannot fuse across. Reverse mode then computes the cotangents of ``x`` once, into memory,
+    instead of XLA:CPU fusing the whole downstream cotangent graph into every consumer (it
+    drops ``optimization_barrier``)."""
+    return x
+
+
+@_materialised.defjvp
+def _materialised_jvp(primals, tangents):
+    x, pred = primals
+    t = jax.lax.cond(pred, lambda y: y, lambda y: jax.tree.map(jnp.zeros_like, y), tangents[0])
+    return x, t
+
+
 def _point_tri_planes(c: list, px: jax.Array, py: jax.Array):
     """Pixel centre against triangle: ``(dist, [b0, b1, b2], nondeg)``.
 
@@ -231,6 +248,8 @@ def _soft_single(sv, tri, h, wd, radius, k_faces, chunk, tile, w=None):
         sq = jnp.maximum(q[0] + q[1] + q[2], 1e-30)
         b = [qk / sq for qk in q]
     depth = b[0] * c[2] + b[1] * c[5] + b[2] * c[8]
+    dist, b0, b1, b2, depth = _materialised((dist, b[0], b[1], b[2], depth), jnp.all(ids >= -1))
+    b = [b0, b1, b2]
     return SoftFragments(
         triangle_id=ids,
         barycentric=jnp.where(valid[..., None], jnp.stack(b, axis=-1), 0.0),
