@@ -17,8 +17,10 @@ depth are kept and the number left out is *reported* per pixel in ``SoftFragment
 
 Candidate (face, pixel) pairs are enumerated like the hard rasteriser does (bounding boxes grown
 by the radius, cut into tiles, processed in static-size chunks inside ``while_loop``s, so no face
-is ever dropped by a capacity limit); the ``K`` slots are filled by ``K`` depth-peeling sweeps of
-``scatter-min`` (ties broken by triangle id).
+is ever dropped by a capacity limit); the ``K`` slots are filled by ``K`` depth-peeling sweeps,
+each one ``scatter-min`` of a 64-bit key (the depth's order-preserving bits, then the triangle
+id, as in the hard z-buffer: nearest first, ties broken by id); the first sweep also counts the
+candidates of each pixel.
 """
 
 from __future__ import annotations
