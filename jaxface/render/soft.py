@@ -17,10 +17,12 @@ depth are kept and the number left out is *reported* per pixel in ``SoftFragment
 
 Candidate (face, pixel) pairs are enumerated like the hard rasteriser does (bounding boxes grown
 by the radius, cut into tiles, processed in static-size chunks inside ``while_loop``s, so no face
-is ever dropped by a capacity limit); the ``K`` slots are filled by ``K`` depth-peeling sweeps,
-each one ``scatter-min`` of a 64-bit key (the depth's order-preserving bits, then the triangle
-id, as in the hard z-buffer: nearest first, ties broken by id); the first sweep also counts the
-candidates of each pixel.
+is ever dropped by a capacity limit), in one sweep. Candidates are ordered by a 64-bit key (the
+depth's order-preserving bits, then the triangle id, as in the hard z-buffer: nearest first,
+ties broken by id). Each chunk's own ``K`` smallest keys per pixel come from ``K`` rounds of
+``scatter-min`` (each after the previous round's key), its geometry evaluated once, and are
+merged into the running per-pixel top ``K`` by a sorting network; the sweep also counts each
+pixel's candidates.
 """
 
 from __future__ import annotations
@@ -174,51 +176,56 @@ def _candidates(v, tri, h, wd, radius, chunk, tile):
     return frag_data, n_chunks, too_many
 
 
+def _merge_sorted(a: list, b: list) -> list:
+    """The ``K`` smallest of two ascending lists of ``K`` same-shape planes, ascending: an
+    odd-even transposition network over the ``2K`` planes (elementwise min / max)."""
+    x = list(a) + list(b)
+    n = len(x)
+    for r in range(n):
+        for i in range(r % 2, n - 1, 2):
+            lo, hi = jnp.minimum(x[i], x[i + 1]), jnp.maximum(x[i], x[i + 1])
+            x[i], x[i + 1] = lo, hi
+    return x[:len(a)]
+
+
 def _select_k(v, tri, h, wd, radius, k_faces, chunk, tile):
     """Non-differentiable: ids (H*W, K) nearest-by-depth within radius, overflow (H*W,)."""
     npix = h * wd
     frag_data, n_chunks, too_many = _candidates(jax.lax.stop_gradient(v), tri, h, wd, radius,
                                                 chunk, tile)
-    d0 = frag_data(jnp.int32(0))
-
-    def sweep(fn, init):
-        state = fn(d0, init)
-
-        def body(c):
-            k, s = c
-            return k + 1, fn(frag_data(k), s)
-
-        return jax.lax.while_loop(lambda c: c[0] < n_chunks, body, (jnp.int32(1), state))[1]
-
     empty = np.uint64(2**64 - 1)
 
-    def keys(d):
+    def chunk_fn(d, state):
+        """Merge a chunk's candidates into the per-pixel top K (and count them).
+
+        The chunk's own K smallest keys per pixel come from K rounds of scatter-min (each
+        round: the smallest key after the previous round's), its geometry evaluated once; the
+        two sorted lists of K keys per pixel are then merged by a sorting network."""
+        cnt, top = state
         t, pix, depth = d
         # 64-bit (depth, id) keys: the depth's order-preserving bits, then the triangle id, so
         # that one unsigned comparison orders candidates by depth and breaks ties by id
-        return _depth_keys(depth, t, pix < npix)
-
-    def first_fn(d, state):
-        """Slot 0 (the smallest key per pixel) and the candidate count, in one sweep."""
-        cnt, kb = state
-        _, pix, _ = d
-        return cnt.at[pix].add(1, mode="drop"), _scatter_min(kb, pix, keys(d))
-
-    def peel_fn(prev):
-        def fn(d, kb):
-            """The smallest key after the previous slot's key, per pixel."""
-            _, pix, _ = d
-            key = keys(d)
-            later = key > prev[jnp.minimum(pix, npix - 1)]
-            return _scatter_min(kb, jnp.where(later, pix, npix), key)
-        return fn
+        key = _depth_keys(depth, t, pix < npix)
+        cnt = cnt.at[pix].add(1, mode="drop")
+        own = []
+        for j in range(k_faces):
+            target = pix
+            if j:
+                target = jnp.where(key > own[-1][jnp.minimum(pix, npix - 1)], pix, npix)
+            own.append(_scatter_min(jnp.full((npix,), empty, jnp.uint64), target, key))
+        return cnt, _merge_sorted(top, own)
 
     with jax.enable_x64(True):
-        count, kb = sweep(first_fn, (jnp.zeros((npix,), jnp.int32),
-                                     jnp.full((npix,), empty, jnp.uint64)))
-        slots = [kb]
-        for _ in range(1, k_faces):
-            slots.append(sweep(peel_fn(slots[-1]), jnp.full((npix,), empty, jnp.uint64)))
+        init = (jnp.zeros((npix,), jnp.int32),
+                [jnp.full((npix,), empty, jnp.uint64) for _ in range(k_faces)])
+        state = chunk_fn(frag_data(jnp.int32(0)), init)
+
+        def body(c):
+            k, st = c
+            return k + 1, chunk_fn(frag_data(k), st)
+
+        count, slots = jax.lax.while_loop(lambda c: c[0] < n_chunks, body,
+                                          (jnp.int32(1), state))[1]
         low = [(q & jnp.uint64(0xFFFFFFFF)).astype(jnp.uint32) for q in slots]
     ids = jnp.stack([jax.lax.bitcast_convert_type(q, jnp.int32) for q in low], axis=1)
     overflow = jnp.maximum(count - k_faces, 0)
