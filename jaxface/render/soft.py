@@ -40,6 +40,7 @@ from jaxface.render.rasterize import (
     _chunk_tiles,
     _cumsum_int,
     _depth_keys,
+    _gather_columns,
     _scatter_min,
 )
 
@@ -244,8 +245,8 @@ def _soft_single(sv, tri, h, wd, radius, k_faces, chunk, tile, w=None):
     # (H, W, K) planes of the slots' triangles, one gather per table column (transposed: scalar
     # scatter-adds; a gather of rows of 9 transposes, on XLA:CPU, into one fusion that
     # recomputes the whole cotangent graph for each of the 9 row entries)
+    c = _gather_columns(table, ids, valid)
     idx = jnp.where(valid, ids, nf)
-    c = [jnp.take(table[:, i], idx, mode="fill", fill_value=0) for i in range(9)]
     py, px = jnp.meshgrid(jnp.arange(h, dtype=table.dtype) + 0.5,
                           jnp.arange(wd, dtype=table.dtype) + 0.5, indexing="ij")
     dist, b, _ = _point_tri_planes(c, px[..., None], py[..., None])
