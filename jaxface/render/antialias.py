@@ -37,7 +37,7 @@ import numpy as np
 from jaxface.render.rasterize import (
     Fragments,
     _chunk_owners,
-    _cumsum_int,
+    _cumsum,
     _depth_keys,
     _gather_columns,
     _scatter_min,
@@ -210,7 +210,7 @@ def _winning_edges(ends, keep, p, tid, depth, h: int, wd: int, chunk: int) -> ja
     group = max(1, (_MAX_STREAM - chunk) // (h + wd))
     for first in range(0, ne, group):
         tab = tab_all[first:first + group]
-        incl = _cumsum_int(count[first:first + group])
+        incl = _cumsum(count[first:first + group])
         offsets = jnp.concatenate([jnp.zeros((1,), jnp.int32), incl[:-1]])
         total = incl[-1]
         n_chunks = (total + chunk - 1) // chunk

@@ -62,9 +62,6 @@ _EPOCH = float(2**29)
 # Below this many tiles per triangle (at most), a tile's place in its box comes from an exact
 # float32 division rather than int32 ``//`` and ``%``.
 _FLOAT_DIV_TILES = 2**22
-# The blocked cumulative sums are float32 products of integers that must be exact: full float32
-# (the default on NVIDIA GPUs, TF32, keeps 11 significant bits, so counts above 2048 would round)
-_EXACT = jax.lax.Precision.HIGHEST
 
 
 @pytree_dataclass
@@ -129,41 +126,48 @@ def _check_inputs(screen_vertices: Any, triangles: Any, image_size: Any, w: Any)
     return sv, tri.astype(jnp.int32), (h, wd), w
 
 
-def _cumsum_int(x: jax.Array, block: int = 64) -> jax.Array:
-    """Exact inclusive cumulative sum of a non-negative int32 vector ``(n,)``, each entry below
-    ``2**24``, whose total fits int32.
+def _cumsum(x: jax.Array, rows: int = 16) -> jax.Array:
+    """Inclusive cumulative sum of a non-negative vector ``(n,)`` (counts): exact for integers
+    whose total fits the dtype, float32 rounding of a blocked sum for floats.
 
-    XLA's CPU ``cumsum`` is slow (a windowed reduction); this does the within-block sums as a
-    float32 matmul with a triangular matrix on the 12-bit halves of the entries (every partial
-    sum stays below ``2**24``, hence exact) and the short cumulative sum of block totals in int32.
+    XLA:CPU's ``cumsum`` (a windowed reduction) and a blocked matmul with a triangular matrix
+    both cost O(``n * block``); this sums runs of ``rows`` consecutive entries by ``rows - 1``
+    vector additions and offsets each run by the cumulative sum of the run totals, recursively.
+    ``x`` is first computed into memory (:func:`_materialise`): otherwise XLA:CPU fuses the
+    computation of ``x`` into every one of those additions. About 2x faster than the blocked
+    matmul on the face's per-triangle tile counts.
     """
     n = x.shape[0]
     if n == 0:
         return x
-    m = -(-n // block)
-    xp = jnp.pad(x, (0, m * block - n)).reshape(m, block)
-    halves = jnp.concatenate([xp & 4095, xp >> 12], axis=0).astype(jnp.float32)
-    tri = jnp.triu(jnp.ones((block, block), jnp.float32))
-    c = jnp.matmul(halves, tri, precision=_EXACT).astype(jnp.int32)
-    c = c[:m] + (c[m:] << 12)
-    tot = c[:, -1]
-    off = jnp.cumsum(tot, dtype=jnp.int32) - tot
-    return (c + off[:, None]).reshape(-1)[:n]
+    x = _materialise(x, x[0] >= 0)
+    return _cumsum_runs(x, rows)
 
 
-def _cumsum_small(x: jax.Array, block: int = 128) -> jax.Array:
-    """Exact inclusive cumulative sum of a non-negative int32 vector ``(n,)`` whose total is
-    below ``2**24`` (every partial sum is then exact in float32): one blocked float32 matmul
-    and a short cumulative sum of the block totals."""
+def _cumsum_runs(x: jax.Array, rows: int) -> jax.Array:
     n = x.shape[0]
-    if n == 0:
-        return x
-    m = -(-n // block)
-    xp = jnp.pad(x, (0, m * block - n)).reshape(m, block).astype(jnp.float32)
-    c = jnp.matmul(xp, jnp.triu(jnp.ones((block, block), jnp.float32)), precision=_EXACT)
-    tot = c[:, -1]
-    off = jnp.cumsum(tot) - tot
-    return (c + off[:, None]).astype(jnp.int32).reshape(-1)[:n]
+    if n <= 2 * rows:
+        return jnp.cumsum(x, dtype=x.dtype)
+    m = -(-n // rows)
+    xp = jnp.pad(x, (0, m * rows - n)).reshape(m, rows)
+    run = [xp[:, 0]]
+    for j in range(1, rows):
+        run.append(run[-1] + xp[:, j])
+    tot = run[-1]
+    off = _cumsum_runs(tot, rows) - tot
+    return (jnp.stack(run, axis=1) + off[:, None]).reshape(-1)[:n]
+
+
+def _materialise(x: Any, pred: jax.Array) -> Any:
+    """``x`` (an array or pytree) computed once into memory, where ``pred`` (a runtime ``()``
+    bool) is true; zeros where it is false (callers pass a predicate that is true, or one for
+    which zeros are the value of ``x``).
+
+    ``x`` passes through a conditional, which XLA cannot fuse across. XLA:CPU otherwise fuses
+    a producer into each of its consumers (recomputing it for each) and drops
+    ``optimization_barrier``.
+    """
+    return jax.lax.cond(pred, lambda y: y, lambda y: jax.tree.map(jnp.zeros_like, y), x)
 
 
 def _chunk_owners(k: jax.Array, offsets: jax.Array, chunk: int, nf: int):
@@ -180,9 +184,7 @@ def _chunk_owners(k: jax.Array, offsets: jax.Array, chunk: int, nf: int):
     marks = jnp.zeros((chunk,), jnp.int32).at[jnp.where(inrange, rel, chunk)].add(
         1, mode="drop")
     before = jnp.sum(offsets <= base, dtype=jnp.int32) - 1
-    # marks sum to at most F: a single float32 matmul is exact below 2**24 triangles
-    cumsum = _cumsum_small if nf < 2**24 else _cumsum_int
-    t = jnp.clip(before + cumsum(marks), 0, max(nf - 1, 0))
+    t = jnp.clip(before + _cumsum(marks), 0, max(nf - 1, 0))
     f = base + jnp.arange(chunk, dtype=jnp.int32)
     return t, f, f - offsets[t]
 
@@ -286,19 +288,6 @@ def _eval_fragments(cols: list, px: jax.Array, py: jax.Array, valid: jax.Array):
     return inside, depth
 
 
-def _cumsum_float(x: jax.Array, block: int = 64) -> jax.Array:
-    """Approximate (float32) inclusive cumulative sum via blocked matmuls (see _cumsum_int)."""
-    n = x.shape[0]
-    if n == 0:
-        return x
-    m = -(-n // block)
-    xp = jnp.pad(x, (0, m * block - n)).reshape(m, block)
-    c = jnp.matmul(xp, jnp.triu(jnp.ones((block, block), jnp.float32)), precision=_EXACT)
-    tot = c[:, -1]
-    off = (_cumsum_float(tot, block) if m > 1 else tot) - tot
-    return (c + off[:, None]).reshape(-1)[:n]
-
-
 def _depth_keys(depth: jax.Array, t: jax.Array, inside: jax.Array) -> jax.Array:
     """64-bit z-buffer keys: the depth's order-preserving uint32 image in the high word, the
     triangle id in the low word, so that one unsigned ``min`` picks the nearest fragment and,
@@ -354,7 +343,7 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
     countf = (ntx * jnp.ceil(ny / tile)).astype(jnp.float32)
     # Epochs keep int32 offset arithmetic exact whatever the total: triangles are grouped into
     # consecutive runs of about _EPOCH tiles (one epoch in any ordinary case).
-    epoch_of = jnp.floor((_cumsum_float(countf) - countf) / _EPOCH).astype(jnp.int32)
+    epoch_of = jnp.floor((_cumsum(countf) - countf) / _EPOCH).astype(jnp.int32)
     epoch_of = jnp.where(countf > 0, epoch_of, -1)
     n_epochs = jnp.max(epoch_of, initial=-1) + 1
     # one row per triangle, ints below 2**24 exact in float32: one gather fetches everything
@@ -381,7 +370,7 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
             count = countf.astype(jnp.int32)
         else:
             count = jnp.where(epoch_of == e, countf, 0.0).astype(jnp.int32)
-        incl = _cumsum_int(count)
+        incl = _cumsum(count)
         # exclusive offsets and total from the inclusive sums (count is not recomputed)
         offsets = jnp.concatenate([jnp.zeros((1,), jnp.int32), incl[:-1]])
         return offsets, incl[-1]
@@ -512,48 +501,104 @@ def _bary_depth_fwd_math(cols: list, covered: jax.Array, perspective: bool):
     return b, depth
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _bary_depth(table: jax.Array, tid: jax.Array, covered: jax.Array, perspective: bool):
-    """``(barycentric (H, W, 3), depth (H, W))`` from per-triangle rows ``table (F, C)``.
+def _corner_columns(sv: jax.Array, tri: jax.Array, w: jax.Array | None) -> tuple:
+    """Per-triangle corner columns ``(F,)`` for :func:`_bary_depth`: ``xy0 xy1 xy2`` (each
+    corner's ``x + i y`` as one complex column), ``z0 z1 z2`` and, with ``w``, ``w0 w1 w2``.
 
-    Written plane by plane, with no broadcast or reduction over a length-3 axis and a gather
-    whose out-of-range background rows are zeros forward and dropped in the backward scatter.
+    Gathered column by column, so that their transposes (the vertex gradient) are scalar
+    scatter-adds into ``(V,)`` (complex for the ``xy`` pairs), not a scatter of rows of 3
+    from an ``(F, 9)`` table assembled first."""
+    xy = jax.lax.complex(sv[:, 0], sv[:, 1])
+    z = sv[:, 2]
+    cols = [xy[tri[:, k]] for k in range(3)] + [z[tri[:, k]] for k in range(3)]
+    if w is not None:
+        w = w.astype(sv.dtype)
+        cols += [w[tri[:, k]] for k in range(3)]
+    return tuple(cols)
+
+
+def _row_table(cols: tuple) -> jax.Array:
+    """The real ``(F, 9 | 12)`` table ``x0 y0 z0 x1 y1 z1 x2 y2 z2 [w0 w1 w2]`` of corner
+    columns (:func:`_corner_columns`)."""
+    rows = []
+    for k in range(3):
+        rows += [jnp.real(cols[k]), jnp.imag(cols[k]), cols[3 + k]]
+    return jnp.stack(rows + list(cols[6:]), axis=1)
+
+
+def _take_cols(cols: list, idx: jax.Array) -> list:
+    """Per-pixel values ``(H, W)`` of per-triangle columns ``(F,)`` at ``idx`` (``F`` for
+    background: zeros forward, dropped in the transposed scatter)."""
+    return [jnp.take(c, idx, mode="fill", fill_value=0) for c in cols]
+
+
+def _take_paired(a: jax.Array, b: jax.Array, idx: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Two real columns gathered as one complex column (one gather, one scatter transposed)."""
+    if a.dtype not in (jnp.float32, jnp.float64):
+        return tuple(_take_cols([a, b], idx))
+    ab = jnp.take(jax.lax.complex(a, b), idx, mode="fill", fill_value=0)
+    return jnp.real(ab), jnp.imag(ab)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _bary_depth(cols: tuple, tid: jax.Array, covered: jax.Array, perspective: bool):
+    """``(barycentric (H, W, 3), depth (H, W))`` from per-triangle corner columns ``cols``
+    (:func:`_corner_columns`).
+
+    Written plane by plane, with no broadcast or reduction over a length-3 axis and gathers
+    whose out-of-range background entries are zeros forward and dropped in the backward
+    scatter. The plain forward gathers one row of the real table per pixel (cheapest on CPU).
     Differentiable in forward and reverse mode through a hand-written JVP
     (:func:`_bary_depth_jvp`): plain autodiff of the plane code transposes into one XLA:CPU
-    fusion that recomputes the whole cotangent graph for each of the ``C`` row entries.
+    fusion that recomputes the whole cotangent graph for each of the row entries.
     """
+    table = _row_table(cols)
     b, depth = _bary_depth_fwd_math(_gather_planes(table, tid, covered), covered, perspective)
     return jnp.stack(b, axis=-1), depth
 
 
 @_bary_depth.defjvp
 def _bary_depth_jvp(perspective: bool, primals: tuple, tangents: tuple):
-    """JVP of :func:`_bary_depth` (linear in the table tangent; JAX transposes it for VJPs).
+    """JVP of :func:`_bary_depth` (linear in the column tangents; JAX transposes it for VJPs).
 
     With ``e_k`` the edge functions, ``a_k = e_k / w_k`` (``a = e`` without perspective),
     ``A = a_0 + a_1 + a_2`` and ``b_k = a_k / A``: ``db_k = (da_k - b_k dA) / A``,
     ``da_k = (de_k - a_k dw_k) / w_k`` and ``d depth = sum_k (db_k z_k + b_k dz_k)``, all masked
     like the forward (no gradient through background or degenerate pixels). ``de_k`` is written
     as a combination of the vertex tangents with coefficients that are differences of the
-    pixel's rows and coordinates, so that the transpose is one short expression per row entry.
+    pixel's rows and coordinates, so that the transpose is one short expression per column.
+
+    Every column is gathered per pixel on its own (complex ones carry a corner's ``x`` and
+    ``y`` together; the primal depths and ``w`` go in pairs too): transposed, each is one
+    scalar (or complex) scatter-add straight from the cotangent planes.
     """
-    table, tid, covered = primals
-    dtable = tangents[0]
-    cols = _gather_columns_paired(table, tid, covered)
-    px, py, wk, a, den_safe, good, b = _pixel_bary(cols, covered, perspective)
-    x0, y0, z0, x1, y1, z1, x2, y2, z2 = cols[:9]
+    cols, tid, covered = primals
+    dcols = tangents[0]
+    idx = jnp.where(covered, tid, cols[0].shape[0])
+    xy = _take_cols(list(cols[:3]), idx)
+    x0, x1, x2 = (jnp.real(c) for c in xy)
+    y0, y1, y2 = (jnp.imag(c) for c in xy)
+    z0, z1 = _take_paired(cols[3], cols[4], idx)
+    (z2,) = _take_cols([cols[5]], idx)
+    planes = [x0, y0, z0, x1, y1, z1, x2, y2, z2]
+    if perspective:
+        w0, w1 = _take_paired(cols[6], cols[7], idx)
+        planes += [w0, w1] + _take_cols([cols[8]], idx)
+    px, py, wk, a, den_safe, good, b = _pixel_bary(planes, covered, perspective)
     depth = jnp.where(covered, b[0] * z0 + b[1] * z1 + b[2] * z2, jnp.inf)
-    # each vertex's (x, y) tangents paired: transposed, one complex scatter each, and the z
-    # columns alone (no scatter at all when the depth is not differentiated)
-    xy_pairs = [(0, 1), (3, 4), (6, 7)] + ([(9, 10)] if perspective else [])
-    d = _gather_columns_paired(dtable, tid, covered, xy_pairs)
-    dx0, dy0, dz0, dx1, dy1, dz1, dx2, dy2, dz2 = d[:9]
+    # the tangents: each corner's (x, y) as one complex gather, the z (no scatter at all when
+    # the depth is not differentiated) and w columns alone
+    dxy = _take_cols(list(dcols[:3]), idx)
+    dx0, dx1, dx2 = (jnp.real(c) for c in dxy)
+    dy0, dy1, dy2 = (jnp.imag(c) for c in dxy)
+    dz0, dz1, dz2 = _take_cols(list(dcols[3:6]), idx)
     # e0 = (x2 - x1)(py - y1) - (y2 - y1)(px - x1), and cyclically
     de = [dx1 * (y2 - py) + dx2 * (py - y1) + dy1 * (px - x2) + dy2 * (x1 - px),
           dx2 * (y0 - py) + dx0 * (py - y2) + dy2 * (px - x0) + dy0 * (x2 - px),
           dx0 * (y1 - py) + dx1 * (py - y0) + dy0 * (px - x1) + dy1 * (x0 - px)]
     if perspective:
-        dw = [jnp.where(covered & (cols[9 + k] != 0), d[9 + k], 0.0) for k in range(3)]
+        dwp = _take_cols(list(dcols[6:9]), idx)
+        dw = [jnp.where(covered & (planes[9 + k] != 0), dwp[k], 0.0) for k in range(3)]
         da = [(de[k] - a[k] * dw[k]) / wk[k] for k in range(3)]
     else:
         da = de
@@ -584,13 +629,8 @@ def barycentric_from_ids(
       background). Gradients flow to ``screen_vertices`` and ``w``; they are finite everywhere.
     """
     covered = triangle_id >= 0
-    nf = triangles.shape[0]
-    # one row gather per pixel from a per-triangle table (cheaper forward and backward)
-    cols = [screen_vertices[triangles].reshape(nf, 9)]
-    if w is not None:
-        cols.append(w[triangles].astype(screen_vertices.dtype))
-    table = jnp.concatenate(cols, axis=1) if len(cols) > 1 else cols[0]
-    return _bary_depth(table, triangle_id, covered, w is not None)
+    cols = _corner_columns(screen_vertices, triangles, w)
+    return _bary_depth(cols, triangle_id, covered, w is not None)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))

@@ -38,7 +38,7 @@ from jaxface._pytree import pytree_dataclass
 from jaxface.render.rasterize import (
     _check_inputs,
     _chunk_tiles,
-    _cumsum_int,
+    _cumsum,
     _depth_keys,
     _gather_columns,
     _scatter_min,
@@ -153,7 +153,7 @@ def _candidates(v, tri, h, wd, radius, chunk, tile):
     # an int32 overflow of the candidate count cannot be processed: it is reported, not hidden
     too_many = jnp.sum(countf) > float(2**30)
     count = jnp.where(too_many, 0, countf.astype(jnp.int32))
-    offsets = _cumsum_int(count) - count
+    offsets = _cumsum(count) - count
     total = jnp.sum(count, dtype=jnp.int32)
     tab = jnp.concatenate([p.reshape(nf, 9), jnp.stack([jmin, imin, jmax, imax,
                                                         jnp.maximum(ntx, 1.0)], 1)],
