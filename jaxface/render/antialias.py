@@ -37,9 +37,10 @@ import numpy as np
 from jaxface.render.rasterize import (
     Fragments,
     _chunk_owners,
-    _cumsum,
     _depth_keys,
+    _exclusive_offsets,
     _gather_columns,
+    _materialise,
     _scatter_min,
 )
 
@@ -210,24 +211,13 @@ def _winning_edges(ends, keep, p, tid, depth, h: int, wd: int, chunk: int) -> ja
     group = max(1, (_MAX_STREAM - chunk) // (h + wd))
     for first in range(0, ne, group):
         tab = tab_all[first:first + group]
-        incl = _cumsum(count[first:first + group])
-        offsets = jnp.concatenate([jnp.zeros((1,), jnp.int32), incl[:-1]])
-        total = incl[-1]
+        offsets, total = _exclusive_offsets(count[first:first + group])
         n_chunks = (total + chunk - 1) // chunk
         step = functools.partial(body, tab=tab, offsets=offsets, total=total, first=first)
         buf = jax.lax.while_loop(lambda c, n=n_chunks: c[0] < n, step, (jnp.int32(0), buf))[1]
     with jax.enable_x64(True):
         low = (buf & jnp.uint64(0xFFFFFFFF)).astype(jnp.uint32)
     return jax.lax.bitcast_convert_type(low, jnp.int32)
-
-
-def _materialise(x, diff: jax.Array):
-    """``x`` unchanged, computed once into memory: passed through a conditional on a runtime
-    predicate (any differing pixel pair), which XLA cannot fuse across. Otherwise XLA:CPU fuses
-    the whole crossing computation into every channel of both pixels of every pair (removing
-    ``optimization_barrier`` on CPU), which made the pass several times slower. No pair
-    differs -> zero weights, which is also the value of ``x`` then."""
-    return jax.lax.cond(jnp.any(diff), lambda y: y, lambda y: jax.tree.map(jnp.zeros_like, y), x)
 
 
 def _aa_single(color, tid, depth, sv, tri, nbr, chunk):
@@ -272,7 +262,9 @@ def _aa_single(color, tid, depth, sv, tri, nbr, chunk):
         # weights of the lower pixel (towards the upper one) and of the upper (towards lower)
         w_lo = jnp.where(a_lo, w_a, w_b)
         w_hi = jnp.where(a_lo, w_b, w_a)
-        w_lo, w_hi = _materialise((w_lo, w_hi), has)
+        # computed once (else XLA:CPU fuses the whole crossing computation into every channel
+        # of both pixels of every pair); with no differing pair the weights are zeros anyway
+        w_lo, w_hi = _materialise((w_lo, w_hi), jnp.any(has))
         pad_a = [(0, 0), (0, 0)]
         pad_b = [(0, 0), (0, 0)]
         pad_a[axis] = (0, 1)

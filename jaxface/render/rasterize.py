@@ -144,6 +144,18 @@ def _cumsum(x: jax.Array, rows: int = 16) -> jax.Array:
     return _cumsum_runs(x, rows)
 
 
+def _exclusive_offsets(count: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Stream layout of non-negative int32 counts ``(n,)`` whose total fits int32: entry ``t``
+    owns stream entries ``offsets[t] .. offsets[t] + count[t] - 1``.
+
+    Returns ``(offsets (n,) int32, total () int32)``, both from the inclusive sums (``count``
+    is not read again)."""
+    if count.shape[0] == 0:
+        return count, jnp.zeros((), count.dtype)
+    incl = _cumsum(count)
+    return jnp.concatenate([jnp.zeros((1,), incl.dtype), incl[:-1]]), incl[-1]
+
+
 def _cumsum_runs(x: jax.Array, rows: int) -> jax.Array:
     n = x.shape[0]
     if n <= 2 * rows:
@@ -370,10 +382,7 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
             count = countf.astype(jnp.int32)
         else:
             count = jnp.where(epoch_of == e, countf, 0.0).astype(jnp.int32)
-        incl = _cumsum(count)
-        # exclusive offsets and total from the inclusive sums (count is not recomputed)
-        offsets = jnp.concatenate([jnp.zeros((1,), jnp.int32), incl[:-1]])
-        return offsets, incl[-1]
+        return _exclusive_offsets(count)
 
     def chunk_update(k, offsets, total, zbuf):
         t, f, local = _chunk_owners(k, offsets, chunk, nf)

@@ -38,9 +38,10 @@ from jaxface._pytree import pytree_dataclass
 from jaxface.render.rasterize import (
     _check_inputs,
     _chunk_tiles,
-    _cumsum,
     _depth_keys,
+    _exclusive_offsets,
     _gather_columns,
+    _materialise,
     _scatter_min,
 )
 
@@ -92,7 +93,7 @@ def _materialised(x, pred):
 @_materialised.defjvp
 def _materialised_jvp(primals, tangents):
     x, pred = primals
-    t = jax.lax.cond(pred, lambda y: y, lambda y: jax.tree.map(jnp.zeros_like, y), tangents[0])
+    t = _materialise(tangents[0], pred)
     return x, t
 
 
@@ -153,8 +154,7 @@ def _candidates(v, tri, h, wd, radius, chunk, tile):
     # an int32 overflow of the candidate count cannot be processed: it is reported, not hidden
     too_many = jnp.sum(countf) > float(2**30)
     count = jnp.where(too_many, 0, countf.astype(jnp.int32))
-    offsets = _cumsum(count) - count
-    total = jnp.sum(count, dtype=jnp.int32)
+    offsets, total = _exclusive_offsets(count)
     tab = jnp.concatenate([p.reshape(nf, 9), jnp.stack([jmin, imin, jmax, imax,
                                                         jnp.maximum(ntx, 1.0)], 1)],
                           1).astype(jnp.float32)
@@ -237,10 +237,15 @@ def _select_k(v, tri, h, wd, radius, k_faces, chunk, tile):
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
 def _soft_single(sv, tri, h, wd, radius, k_faces, chunk, tile, w=None):
+    nf = tri.shape[0]
+    if nf == 0:  # no faces: every slot of every pixel is empty
+        inf = jnp.full((h, wd, k_faces), jnp.inf, sv.dtype)
+        return SoftFragments(triangle_id=jnp.full((h, wd, k_faces), -1, jnp.int32),
+                             barycentric=jnp.zeros((h, wd, k_faces, 3), sv.dtype),
+                             depth=inf, dist=inf, overflow=jnp.zeros((h, wd), jnp.int32))
     ids, overflow = _select_k(sv, tri, h, wd, radius, k_faces, chunk, tile)
     ids = ids.reshape(h, wd, k_faces)
     valid = ids >= 0
-    nf = tri.shape[0]
     table = sv[tri].reshape(nf, 9)
     # (H, W, K) planes of the slots' triangles, one gather per table column (transposed: scalar
     # scatter-adds; a gather of rows of 9 transposes, on XLA:CPU, into one fusion that
@@ -338,6 +343,8 @@ def soft_interpolate(attributes: jax.Array, fragments: SoftFragments,
 
     def single(attr, ids, bary):
         nf, c = tri.shape[0], attr.shape[-1]
+        if nf == 0:
+            return jnp.zeros((*ids.shape, c), attr.dtype)
         table = attr[tri].reshape(nf, 3 * c)
         valid = ids >= 0
         rows = table[jnp.where(valid, ids, 0)].reshape(*ids.shape, 3, c)

@@ -103,6 +103,27 @@ def test_no_nan_gradients_degenerate_and_empty():
     assert np.isfinite(np.asarray(jax.grad(loss)(vd))).all()
 
 
+def test_no_triangles_gives_background():
+    """A mesh with no faces (e.g. an empty region) is all background, batched or not, with
+    zero gradients."""
+    v = jnp.asarray(np.random.default_rng(0).uniform(0, 8, (5, 3)).astype(np.float32))
+    f = np.zeros((0, 3), np.int32)
+
+    def loss(x):
+        sf = soft_rasterize(x, f, (8, 8), sigma=0.5, faces_per_pixel=3)
+        im = soft_blend(soft_interpolate(jnp.ones((5, 3)), sf, f), sf, sigma=0.5, gamma=0.05,
+                        znear=-10.0, zfar=10.0)
+        return jnp.sum(im), sf
+
+    (total, sf), g = jax.value_and_grad(loss, has_aux=True)(v)
+    np.testing.assert_array_equal(np.asarray(sf.triangle_id), -1)
+    np.testing.assert_array_equal(np.asarray(sf.overflow), 0)
+    assert np.isinf(np.asarray(sf.dist)).all() and np.isfinite(float(total))
+    np.testing.assert_array_equal(np.asarray(g), 0.0)
+    sb = soft_rasterize(jnp.stack([v, v]), f, (8, 8), sigma=0.5, faces_per_pixel=3)
+    assert sb.triangle_id.shape == (2, 8, 8, 3)
+
+
 def test_batched():
     v = jnp.asarray(V, jnp.float32)
     vb = jnp.stack([v, v + jnp.array([1.0, 2.0, 0.0])])
