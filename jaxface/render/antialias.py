@@ -39,7 +39,6 @@ from jaxface.render.rasterize import (
     _chunk_owners,
     _depth_keys,
     _exclusive_offsets,
-    _gather_columns,
     _materialise,
     _scatter_min,
 )
@@ -84,7 +83,8 @@ def _edge_table(sv: jax.Array, tri: jax.Array, nbr: jax.Array):
     ``(x1 - x0)(py - y0) - (y1 - y0)(px - x0)`` is >= 0, and whether the instance is the one
     silhouette edge kept for its mesh edge.
 
-    Returns ``(ends (E, 6) = x0 y0 z0 x1 y1 z1, keep (E,) bool, p (F, 9))`` with ``E = 3F``.
+    Returns ``(ends (E, 6) = x0 y0 z0 x1 y1 z1, ends_id (E, 2) int32, keep (E,) bool,
+    p (F, 9))`` with ``E = 3F``; ``ends_id`` are the endpoints' vertex indices.
     """
     nf = tri.shape[0]
     p = sv[tri]  # (F, 3 corners, 3 coordinates)
@@ -99,14 +99,18 @@ def _edge_table(sv: jax.Array, tri: jax.Array, nbr: jax.Array):
     # triangle given as its own neighbour faces its own way: never a silhouette
     keep = (sgn[:, None] != 0) & (
         (nbr < 0) | (sgn_nb == 0) | ((sgn_nb != sgn[:, None]) & (sgn[:, None] > 0)))
-    ends = []
+    ends, ends_id = [], []
+    # positive area: the triangle is on the edge function's positive side of a -> b
+    pos = sgn > 0
     for k in range(3):
         a, b = p[:, (k + 1) % 3], p[:, (k + 2) % 3]
-        # positive area: the triangle is on the edge function's positive side of a -> b
-        pos = (sgn > 0)[:, None]
-        ends.append(jnp.concatenate([jnp.where(pos, a, b), jnp.where(pos, b, a)], axis=1))
+        ends.append(jnp.concatenate([jnp.where(pos[:, None], a, b),
+                                     jnp.where(pos[:, None], b, a)], axis=1))
+        ia, ib = tri[:, (k + 1) % 3], tri[:, (k + 2) % 3]
+        ends_id.append(jnp.stack([jnp.where(pos, ia, ib), jnp.where(pos, ib, ia)], axis=1))
     ends = jnp.stack(ends, axis=1).reshape(3 * nf, 6)
-    return ends, keep.reshape(-1), p.reshape(nf, 9)
+    ends_id = jnp.stack(ends_id, axis=1).reshape(3 * nf, 2)
+    return ends, ends_id, keep.reshape(-1), p.reshape(nf, 9)
 
 
 def _row_count(lo: jax.Array, hi: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
@@ -224,12 +228,18 @@ def _aa_single(color, tid, depth, sv, tri, nbr, chunk):
     h, wd = tid.shape
     if tri.shape[0] == 0 or h * wd < 2:
         return color
-    ends, keep, p = _edge_table(sv, tri, nbr)
+    ends, ends_id, keep, p = _edge_table(sv, tri, nbr)
     n_vert = (h - 1) * wd
     win = _winning_edges(ends, keep, p, tid, depth, h, wd, chunk)
     planes = [win[:n_vert].reshape(h - 1, wd), win[n_vert:].reshape(h, wd - 1)]
-    # the winners' edges, one gather per column (transposed: scalar scatter-adds)
-    xy = ends[:, jnp.array([0, 1, 3, 4])]
+    # the winners' endpoints straight from the vertices, each vertex's x + iy as one complex
+    # value: transposed, two complex scatter-adds into (V,) per axis (the edge table's
+    # construction is not differentiated at all)
+    xy = jax.lax.complex(sv[:, 0], sv[:, 1])
+    nv = sv.shape[0]
+    with jax.enable_x64(True):  # both endpoint ids in one 64-bit word: one gather per pair
+        ends_pair = ((ends_id[:, 0].astype(jnp.uint64) << jnp.uint64(32))
+                     | ends_id[:, 1].astype(jnp.uint64))
     ii, jj = jnp.meshgrid(jnp.arange(h, dtype=sv.dtype) + 0.5, jnp.arange(wd, dtype=sv.dtype) + 0.5,
                           indexing="ij")
     chans = list(jnp.unstack(color, axis=-1))  # per-channel planes
@@ -243,7 +253,16 @@ def _aa_single(color, tid, depth, sv, tri, nbr, chunk):
 
         e = planes[axis]
         has = e >= 0
-        x0, y0, x1, y1 = _gather_columns(xy, e, has)
+        # endpoint vertex ids (nv, out of range, for pairs with no crossing: zeros forward,
+        # dropped in the transposed scatter)
+        with jax.enable_x64(True):
+            ab = jnp.take(ends_pair, jnp.where(has, e, ends_pair.shape[0]), mode="fill",
+                          fill_value=0)
+            ia = (ab >> jnp.uint64(32)).astype(jnp.int32)
+            ib = (ab & jnp.uint64(0xFFFFFFFF)).astype(jnp.int32)
+        ia, ib = jnp.where(has, ia, nv), jnp.where(has, ib, nv)
+        a, b = (jnp.take(xy, i, mode="fill", fill_value=0) for i in (ia, ib))
+        x0, y0, x1, y1 = jnp.real(a), jnp.imag(a), jnp.real(b), jnp.imag(b)
         dx, dy = x1 - x0, y1 - y0
         e_lo = dx * (lo(ii) - y0) - dy * (lo(jj) - x0)
         e_hi = dx * (hi(ii) - y0) - dy * (hi(jj) - x0)
