@@ -97,7 +97,7 @@ def _materialised_jvp(primals, tangents):
     return x, t
 
 
-def _point_tri_planes(c: list, px: jax.Array, py: jax.Array):
+def _point_tri_planes(c: list, px: jax.Array, py: jax.Array, pred: jax.Array | None = None):
     """Pixel centre against triangle: ``(dist, [b0, b1, b2], nondeg)``.
 
     ``dist`` is the signed squared distance (px², negative inside) to the triangle, ``b_k`` the
@@ -109,6 +109,8 @@ def _point_tri_planes(c: list, px: jax.Array, py: jax.Array):
     e = [(x[2] - x[1]) * (py - y[1]) - (y[2] - y[1]) * (px - x[1]),
          (x[0] - x[2]) * (py - y[2]) - (y[0] - y[2]) * (px - x[2]),
          (x[1] - x[0]) * (py - y[0]) - (y[1] - y[0]) * (px - x[0])]
+    if pred is not None:
+        e = list(_materialised(tuple(e), pred))
     area = e[0] + e[1] + e[2]
     nondeg = area != 0
     sa = jnp.where(area > 0, 1.0, -1.0)
@@ -120,6 +122,8 @@ def _point_tri_planes(c: list, px: jax.Array, py: jax.Array):
         tt = ((px - x[a]) * ex + (py - y[a]) * ey) / jnp.where(l2 > 0, l2, 1.0)
         tt = jnp.clip(jnp.where(l2 > 0, tt, 0.0), 0.0, 1.0)
         dx, dy = px - x[a] - tt * ex, py - y[a] - tt * ey
+        if pred is not None:
+            dx, dy = _materialised((dx, dy), pred)
         d2k = dx * dx + dy * dy
         d2 = d2k if d2 is None else jnp.minimum(d2, d2k)
     dist = jnp.where(inside, -d2, d2)
@@ -206,7 +210,10 @@ def _select_k(v, tri, h, wd, radius, k_faces, chunk, tile):
         t, pix, depth = d
         # 64-bit (depth, id) keys: the depth's order-preserving bits, then the triangle id, so
         # that one unsigned comparison orders candidates by depth and breaks ties by id
-        key = _depth_keys(depth, t, pix < npix)
+        # the pixels, then the keys, each computed once into memory: XLA:CPU would otherwise
+        # recompute the candidates' geometry for the keys and in each of the K rounds below
+        pix = _materialise(pix, pix[0] >= 0)
+        key = _materialise(_depth_keys(depth, t, pix < npix), pix[0] >= 0)
         cnt = cnt.at[pix].add(1, mode="drop")
         own = []
         for j in range(k_faces):
@@ -254,7 +261,7 @@ def _soft_single(sv, tri, h, wd, radius, k_faces, chunk, tile, w=None):
     idx = jnp.where(valid, ids, nf)
     py, px = jnp.meshgrid(jnp.arange(h, dtype=table.dtype) + 0.5,
                           jnp.arange(wd, dtype=table.dtype) + 0.5, indexing="ij")
-    dist, b, _ = _point_tri_planes(c, px[..., None], py[..., None])
+    dist, b, _ = _point_tri_planes(c, px[..., None], py[..., None], jnp.all(ids >= -1))
     if w is not None:
         # perspective-correct: screen-space barycentrics weighted by 1 / w, renormalised
         wtri = w[tri]
@@ -347,9 +354,13 @@ def soft_interpolate(attributes: jax.Array, fragments: SoftFragments,
             return jnp.zeros((*ids.shape, c), attr.dtype)
         table = attr[tri].reshape(nf, 3 * c)
         valid = ids >= 0
-        rows = table[jnp.where(valid, ids, 0)].reshape(*ids.shape, 3, c)
-        out = jnp.einsum("...k,...kc->...c", bary, rows)
-        return jnp.where(valid[..., None], out, 0.0)
+        # one gather per table column and per-channel planes (as interpolate): a batched
+        # 3-long contraction is a slow dot on XLA:CPU, forward and transposed
+        cols = _gather_columns(table, ids, valid)
+        b0, b1, b2 = jnp.unstack(bary, axis=-1)
+        out = jnp.stack([b0 * cols[k] + b1 * cols[c + k] + b2 * cols[2 * c + k]
+                         for k in range(c)], axis=-1)
+        return jnp.where(valid[..., None], out, jnp.zeros((), out.dtype))
 
     if fragments.triangle_id.ndim == 4:
         ax = 0 if attributes.ndim == 3 else None
@@ -390,18 +401,25 @@ def soft_blend(
         raise ValueError(f"sigma and gamma must be positive, got {sigma}, {gamma}")
     if not zfar > znear:
         raise ValueError(f"zfar must exceed znear, got {znear}, {zfar}")
-    valid = fragments.triangle_id >= 0
-    dist = jnp.where(valid, fragments.dist, 0.0)
-    prob = jnp.where(valid, jax.nn.sigmoid(-dist / sigma), 0.0)
-    alpha = 1.0 - jnp.prod(1.0 - prob, axis=-1)
-    depth = jnp.where(valid, fragments.depth, zfar)
-    zn = jnp.clip((zfar - depth) / (zfar - znear), 0.0, 1.0)
-    zn = jnp.where(valid, zn, 0.0)
-    m = jax.lax.stop_gradient(jnp.maximum(jnp.max(zn, axis=-1, keepdims=True), eps))
-    wk = prob * jnp.exp((zn - m) / gamma)
+    # slot by slot (K is small and static): XLA:CPU runs reductions over a short last axis
+    # as slow dot-like kernels, forward and transposed
+    n_k = fragments.triangle_id.shape[-1]
+    valid = [fragments.triangle_id[..., k] >= 0 for k in range(n_k)]
+    prob, zn = [], []
+    for k in range(n_k):
+        dist = jnp.where(valid[k], fragments.dist[..., k], 0.0)
+        prob.append(jnp.where(valid[k], jax.nn.sigmoid(-dist / sigma), 0.0))
+        depth = jnp.where(valid[k], fragments.depth[..., k], zfar)
+        z = jnp.clip((zfar - depth) / (zfar - znear), 0.0, 1.0)
+        zn.append(jnp.where(valid[k], z, 0.0))
+    m = functools.reduce(jnp.maximum, zn, jnp.asarray(eps, zn[0].dtype))
+    m = jax.lax.stop_gradient(m)
+    alpha = 1.0 - functools.reduce(jnp.multiply, [1.0 - p for p in prob])
+    wk = [prob[k] * jnp.exp((zn[k] - m) / gamma) for k in range(n_k)]
     wbg = jnp.exp((eps - m) / gamma)
     bg = jnp.broadcast_to(jnp.asarray(background, colors.dtype), colors.shape[-1:])
-    num = jnp.sum(wk[..., None] * colors, axis=-2) + wbg * bg
-    den = jnp.sum(wk, axis=-1, keepdims=True) + wbg
-    rgb = num / den
+    num = functools.reduce(jnp.add, [wk[k][..., None] * colors[..., k, :] for k in range(n_k)])
+    num = num + wbg[..., None] * bg
+    den = functools.reduce(jnp.add, wk) + wbg
+    rgb = num / den[..., None]
     return jnp.concatenate([rgb, alpha[..., None]], axis=-1)
