@@ -36,6 +36,7 @@ import numpy as np
 
 from jaxface.render.rasterize import (
     Fragments,
+    _centre_span,
     _chunk_owners,
     _depth_keys,
     _exclusive_offsets,
@@ -116,8 +117,7 @@ def _edge_table(sv: jax.Array, tri: jax.Array, nbr: jax.Array):
 def _row_count(lo: jax.Array, hi: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
     """First index and count of the pixel-centre lines ``i + 0.5`` (``0 <= i < n``) in
     ``[lo, hi]``."""
-    first = jnp.maximum(jnp.ceil(lo - 0.5), 0.0)
-    last = jnp.minimum(jnp.floor(hi - 0.5), n - 1.0)
+    first, last = _centre_span(lo, hi, n)
     return first, jnp.maximum(last - first + 1.0, 0.0)
 
 

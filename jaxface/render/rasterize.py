@@ -263,6 +263,12 @@ def _chunk_tiles(tab: jax.Array, bbox_col: int, chunk: int, tile: int,
     return expand
 
 
+def _centre_span(lo: jax.Array, hi: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+    """First and last index ``i`` in ``[0, n)`` whose pixel-centre line ``i + 0.5`` lies in
+    ``[lo, hi]``, as floats (``last < first`` when there is none)."""
+    return jnp.maximum(jnp.ceil(lo - 0.5), 0.0), jnp.minimum(jnp.floor(hi - 0.5), n - 1.0)
+
+
 def _bbox(x, y, ok, h: int, wd: int):
     """Clipped pixel-centre box of triangles given as ``(3, F)`` corner coordinates."""
     big = 4.0 * max(h, wd) + 8.0
@@ -270,10 +276,8 @@ def _bbox(x, y, ok, h: int, wd: int):
     xmax = jnp.clip(jnp.maximum(jnp.maximum(x[0], x[1]), x[2]), -big, big)
     ymin = jnp.clip(jnp.minimum(jnp.minimum(y[0], y[1]), y[2]), -big, big)
     ymax = jnp.clip(jnp.maximum(jnp.maximum(y[0], y[1]), y[2]), -big, big)
-    jmin = jnp.maximum(jnp.ceil(xmin - 0.5), 0.0)
-    jmax = jnp.minimum(jnp.floor(xmax - 0.5), wd - 1.0)
-    imin = jnp.maximum(jnp.ceil(ymin - 0.5), 0.0)
-    imax = jnp.minimum(jnp.floor(ymax - 0.5), h - 1.0)
+    jmin, jmax = _centre_span(xmin, xmax, wd)
+    imin, imax = _centre_span(ymin, ymax, h)
     nx = jnp.where(ok, jnp.maximum(jmax - jmin + 1.0, 0.0), 0.0)
     ny = jnp.where(ok, jnp.maximum(imax - imin + 1.0, 0.0), 0.0)
     return jmin, imin, jmax, imax, nx, ny

@@ -36,6 +36,7 @@ import numpy as np
 
 from jaxface._pytree import pytree_dataclass
 from jaxface.render.rasterize import (
+    _centre_span,
     _check_inputs,
     _chunk_tiles,
     _depth_keys,
@@ -147,10 +148,8 @@ def _candidates(v, tri, h, wd, radius, chunk, tile):
     xmax = jnp.clip(jnp.max(x, 1) + radius, -big, big)
     ymin = jnp.clip(jnp.min(y, 1) - radius, -big, big)
     ymax = jnp.clip(jnp.max(y, 1) + radius, -big, big)
-    jmin = jnp.maximum(jnp.ceil(xmin - 0.5), 0.0)
-    jmax = jnp.minimum(jnp.floor(xmax - 0.5), wd - 1.0)
-    imin = jnp.maximum(jnp.ceil(ymin - 0.5), 0.0)
-    imax = jnp.minimum(jnp.floor(ymax - 0.5), h - 1.0)
+    jmin, jmax = _centre_span(xmin, xmax, wd)
+    imin, imax = _centre_span(ymin, ymax, h)
     nx = jnp.where(ok, jnp.maximum(jmax - jmin + 1.0, 0.0), 0.0)
     ny = jnp.where(ok, jnp.maximum(imax - imin + 1.0, 0.0), 0.0)
     ntx = jnp.ceil(nx / tile)
