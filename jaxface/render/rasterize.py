@@ -469,6 +469,20 @@ def _gather_planes(table: jax.Array, tid: jax.Array, covered: jax.Array) -> list
     return list(jnp.unstack(jnp.take(table, idx, axis=0, mode="fill", fill_value=0), axis=-1))
 
 
+def _take_cols(cols: list, idx: jax.Array) -> list:
+    """Per-pixel values ``(H, W)`` of per-triangle columns ``(F,)`` at ``idx`` (``F`` for
+    background: zeros forward, dropped in the transposed scatter)."""
+    return [jnp.take(c, idx, mode="fill", fill_value=0) for c in cols]
+
+
+def _take_paired(a: jax.Array, b: jax.Array, idx: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Two real columns gathered as one complex column (one gather, one scatter transposed)."""
+    if a.dtype not in (jnp.float32, jnp.float64):
+        return tuple(_take_cols([a, b], idx))
+    ab = jnp.take(jax.lax.complex(a, b), idx, mode="fill", fill_value=0)
+    return jnp.real(ab), jnp.imag(ab)
+
+
 def _gather_columns(table: jax.Array, tid: jax.Array, covered: jax.Array) -> list:
     """The planes of :func:`_gather_planes`, each gathered from its own column of ``table``
     (used under differentiation): transposed, these are ``C`` scalar scatter-adds straight
@@ -478,7 +492,7 @@ def _gather_columns(table: jax.Array, tid: jax.Array, covered: jax.Array) -> lis
     if table.shape[0] == 0:
         return [jnp.zeros(tid.shape, table.dtype)] * table.shape[1]
     idx = jnp.where(covered, tid, table.shape[0])
-    return [jnp.take(table[:, c], idx, mode="fill", fill_value=0) for c in range(table.shape[1])]
+    return _take_cols([table[:, c] for c in range(table.shape[1])], idx)
 
 
 def _gather_columns_paired(table: jax.Array, tid: jax.Array, covered: jax.Array,
@@ -500,11 +514,10 @@ def _gather_columns_paired(table: jax.Array, tid: jax.Array, covered: jax.Array,
     idx = jnp.where(covered, tid, table.shape[0])
     out: list = [None] * nc
     for a, b in pairs:
-        ab = jnp.take(jax.lax.complex(table[:, a], table[:, b]), idx, mode="fill", fill_value=0)
-        out[a], out[b] = jnp.real(ab), jnp.imag(ab)
+        out[a], out[b] = _take_paired(table[:, a], table[:, b], idx)
     for c in range(nc):
         if out[c] is None:
-            out[c] = jnp.take(table[:, c], idx, mode="fill", fill_value=0)
+            (out[c],) = _take_cols([table[:, c]], idx)
     return out
 
 
@@ -537,20 +550,6 @@ def _row_table(cols: tuple) -> jax.Array:
     for k in range(3):
         rows += [jnp.real(cols[k]), jnp.imag(cols[k]), cols[3 + k]]
     return jnp.stack(rows + list(cols[6:]), axis=1)
-
-
-def _take_cols(cols: list, idx: jax.Array) -> list:
-    """Per-pixel values ``(H, W)`` of per-triangle columns ``(F,)`` at ``idx`` (``F`` for
-    background: zeros forward, dropped in the transposed scatter)."""
-    return [jnp.take(c, idx, mode="fill", fill_value=0) for c in cols]
-
-
-def _take_paired(a: jax.Array, b: jax.Array, idx: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Two real columns gathered as one complex column (one gather, one scatter transposed)."""
-    if a.dtype not in (jnp.float32, jnp.float64):
-        return tuple(_take_cols([a, b], idx))
-    ab = jnp.take(jax.lax.complex(a, b), idx, mode="fill", fill_value=0)
-    return jnp.real(ab), jnp.imag(ab)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
