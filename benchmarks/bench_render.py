@@ -2,8 +2,10 @@
 
 Measures forward and forward+backward time per image (jit-warm, median of several runs) for the
 hard rasteriser + interpolate, hard + antialias and the soft path, at 224², 512² and 1024², for
-the ICT face region (triangles whose vertices all have id <= 11247) and the full ICT mesh
-(52,220 triangles), batch 1 and 16, plus peak-memory indicators. Writes JSON.
+the ICT face region (triangles whose vertices all have id <= 11247: face, head and neck, 22,288
+triangles), the face region with the mouth and eye sockets (id <= 14061, 28,068 triangles: the
+issue's "~30k-triangle face") and the full ICT mesh (52,220 triangles), batch 1 and 16, plus
+peak-memory indicators. Writes JSON.
 
     python benchmarks/bench_render.py --out bench_render.json [--quick] [--paths hard+interpolate]
 
@@ -36,7 +38,11 @@ from jaxface.render import (
 )
 from jaxface.render.reference import fit_to_image
 
-FACE_MAX_VERTEX = 11247
+# ICT-FaceKit vertex ranges (0-based, inclusive): face 0-9408, head and neck 9409-11247, mouth
+# socket 11248-13293, eye sockets 13294-14061, then gums, teeth, eyeballs, ...
+FACE_MAX_VERTEX = 11247  # "ict_face": face, head and neck (22,288 triangles)
+SOCKETS_MAX_VERTEX = 14061  # "ict_face_sockets": and the mouth and eye sockets (28,068, ~30k)
+MESHES = ["ict_face", "ict_face_sockets", "ict_full"]
 
 
 def load_meshes() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -48,8 +54,11 @@ def load_meshes() -> dict[str, tuple[np.ndarray, np.ndarray]]:
         sys.exit(f"missing {path}")
     d = np.load(path)
     v, f = d["neutral"].astype(np.float32), d["triangles"].astype(np.int32)
-    face = f[(f <= FACE_MAX_VERTEX).all(axis=1)]
-    return {"ict_face": (v[: FACE_MAX_VERTEX + 1], face), "ict_full": (v, f)}
+    def region(last: int) -> tuple[np.ndarray, np.ndarray]:
+        return v[: last + 1], f[(f <= last).all(axis=1)]
+
+    return {"ict_face": region(FACE_MAX_VERTEX), "ict_face_sockets": region(SOCKETS_MAX_VERTEX),
+            "ict_full": (v, f)}
 
 
 def make_path(path: str, f: np.ndarray, size: tuple[int, int], nv: int):
@@ -125,8 +134,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="reduced run (224² and 512² batch 1; hard path also 1024² and batch 16)")
     ap.add_argument("--paths", nargs="+", choices=PATHS, default=PATHS,
                     help="render paths to measure (default: all)")
-    ap.add_argument("--meshes", nargs="+", choices=["ict_face", "ict_full"],
-                    default=["ict_face", "ict_full"], help="meshes to measure (default: both)")
+    ap.add_argument("--meshes", nargs="+", choices=MESHES, default=MESHES,
+                    help="meshes to measure (default: all three)")
     args = ap.parse_args(argv)
     meshes = load_meshes()
     results = []

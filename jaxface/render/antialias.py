@@ -155,7 +155,7 @@ def _winning_edges(ends, keep, p, tid, depth, h: int, wd: int, chunk: int) -> ja
 
     def body(c, tab, offsets, total, first):
         k, buf = c
-        e, f, local = _chunk_owners(k, offsets, chunk, tab.shape[0])
+        e, f, local = _chunk_owners(k * chunk, offsets, chunk, tab.shape[0])
         row = tab[e]
         e = e + first
         ex0, ey0, ez0, ex1, ey1, ez1, er0, enr, ec0 = jnp.unstack(row, axis=1)

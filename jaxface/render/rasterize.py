@@ -12,8 +12,12 @@ Algorithm (exact, no fixed capacity that can drop anything):
    (triangle, tile) pairs out on one line of length ``N = sum n_t``; one float32 table row per
    triangle holds everything a tile needs (vertices, ``1/w``, box), fetched by one gather.
 2. The line is processed in static-size chunks of ``fragment_chunk`` tiles inside a
-   ``lax.while_loop`` that runs ``ceil(N / chunk)`` times, so every fragment (tile pixel) is
-   visited whatever the triangle sizes are. Each chunk entry finds its triangle (a scatter of
+   ``lax.while_loop`` that runs until all ``N`` entries are done, so every fragment (tile pixel)
+   is visited whatever the triangle sizes are. A chunk costs its full static length however few
+   entries are left in it, so for long chunks (``>= 2**14`` tiles) the last entries go through a
+   second loop of tail chunks, ``max(chunk / 8, F / 4)`` tiles long (each chunk also makes one
+   pass over the triangles): full chunks run while they would leave less than a tail unused.
+   Each chunk entry finds its triangle (a scatter of
    the triangles' start marks and a cumulative sum) and its tile in the box; the pixel centres
    are computed in float32 (exact: integers and halves below ``2**24``). For each fragment: the
    inside test (edge functions evaluated relative to a vertex, inclusive on edges so that shared
@@ -62,6 +66,9 @@ _EPOCH = float(2**29)
 # Below this many tiles per triangle (at most), a tile's place in its box comes from an exact
 # float32 division rather than int32 ``//`` and ``%``.
 _FLOAT_DIV_TILES = 2**22
+# The fragment loop's last chunks are 1/_TAIL_DIVISOR of the chunk size (see _zbuffer).
+_TAIL_DIVISOR = 8
+_TAIL_MIN_CHUNK = 2**14
 
 
 @pytree_dataclass
@@ -182,15 +189,15 @@ def _materialise(x: Any, pred: jax.Array) -> Any:
     return jax.lax.cond(pred, lambda y: y, lambda y: jax.tree.map(jnp.zeros_like, y), x)
 
 
-def _chunk_owners(k: jax.Array, offsets: jax.Array, chunk: int, nf: int):
-    """Owners of the entries of chunk ``k`` of a stream in which triangle ``t`` owns entries
-    ``offsets[t] .. offsets[t+1] - 1`` (``offsets (F,) int32`` exclusive, non-decreasing).
+def _chunk_owners(base: jax.Array, offsets: jax.Array, chunk: int, nf: int):
+    """Owners of the entries ``base .. base + chunk - 1`` of a stream in which triangle ``t``
+    owns entries ``offsets[t] .. offsets[t+1] - 1`` (``offsets (F,) int32`` exclusive,
+    non-decreasing; ``base`` a () int32).
 
     Returns ``(t, f, local)``, each ``(chunk,) int32``: the owning triangle (clipped into
     ``[0, F)``; meaningless past the stream's end), the stream index and its rank within the
     triangle's entries.
     """
-    base = k * chunk
     rel = offsets - base
     inrange = (rel >= 1) & (rel < chunk)
     marks = jnp.zeros((chunk,), jnp.int32).at[jnp.where(inrange, rel, chunk)].add(
@@ -251,7 +258,7 @@ def _chunk_tiles(tab: jax.Array, bbox_col: int, chunk: int, tile: int,
     c = bbox_col
 
     def expand(k: jax.Array, offsets: jax.Array, total: jax.Array):
-        t, f, local = _chunk_owners(k, offsets, chunk, nf)
+        t, f, local = _chunk_owners(k * chunk, offsets, chunk, nf)
         row = tab[t]
         qy, qx = (q.astype(jnp.int32) for q in _tile_in_box(local, row[:, c + 4], float_div))
         col = (row[:, c].astype(jnp.int32) + qx * tile)[:, None] + tx_[None, :]
@@ -380,6 +387,12 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
     off_ = (ty_ * wd + tx_).astype(np.int32)
     # statically a single epoch when even F full-image triangles keep int32 offsets exact
     one_epoch = nf * max_tiles + chunk <= min(2**31 - 1, 4 * _EPOCH)
+    # the loop's last chunks are shorter (tail): 1/8 of a chunk, but never below F/4 tiles, as
+    # each chunk also makes a pass over the F triangles (the owners' search); none for short
+    # chunks, where a second loop costs more compile time than it saves
+    tail = max(chunk // _TAIL_DIVISOR, nf // 4, 1)
+    if chunk < _TAIL_MIN_CHUNK or 2 * tail > chunk:
+        tail = chunk
 
     def epoch_stream(e):
         if one_epoch:
@@ -388,8 +401,8 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
             count = jnp.where(epoch_of == e, countf, 0.0).astype(jnp.int32)
         return _exclusive_offsets(count)
 
-    def chunk_update(k, offsets, total, zbuf):
-        t, f, local = _chunk_owners(k, offsets, chunk, nf)
+    def chunk_update(base, size, offsets, total, zbuf):
+        t, f, local = _chunk_owners(base, offsets, size, nf)
         row = tab[t]
         rc = [row[:, c:c + 1] for c in range(tab.shape[1])]
         jminr, iminr, jmaxr, imaxr, ntxr = rc[nc:]
@@ -413,14 +426,23 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
     def epoch_body(c):
         e, zb = c
         offsets, total = epoch_stream(e)
-        n_chunks = (total + chunk - 1) // chunk
 
-        def chunk_body(cc):
-            k, zb2 = cc
-            return k + 1, chunk_update(k, offsets, total, zb2)
+        def chunks(size, more):
+            def body(cc):
+                base, zb2 = cc
+                return base + size, chunk_update(base, size, offsets, total, zb2)
 
-        zb = jax.lax.while_loop(lambda cc: cc[0] < n_chunks, chunk_body, (jnp.int32(0), zb))[1]
-        return e + 1, zb
+            return lambda cc: jax.lax.while_loop(lambda c2: more(c2[0]), body, cc)
+
+        # full chunks while the chunk would leave less than a tail unused, then tail chunks for
+        # the rest: the work done past the stream's end is below one tail, not one chunk
+        state = (jnp.int32(0), zb)
+        if tail < chunk:
+            state = chunks(chunk, lambda base: total - base >= chunk - tail)(state)
+            state = chunks(tail, lambda base: base < total)(state)
+        else:
+            state = chunks(chunk, lambda base: base < total)(state)
+        return e + 1, state[1]
 
     with jax.enable_x64(True):
         zbuf = jnp.full((npix,), 2**64 - 1, jnp.uint64)

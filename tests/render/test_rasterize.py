@@ -306,7 +306,9 @@ def test_ids_identical_for_any_tile_chunk_and_division_path(monkeypatch, data_di
     for verts, faces, size in ((v, f, (128, 128)), (rv, rf, (40, 56))):
         ids0 = np.asarray(rasterize(verts, faces, size).triangle_id)
         assert (ids0 >= 0).sum() > 500
-        for tile, chunk in [(1, None), (3, None), (2, 1000), (2, 37)]:
+        # chunk 20000 (tail chunks of 5572 tiles, F/4, for the face): with tile 1 (28,575 face
+        # tiles) one full chunk then two tail chunks; with tile 3 (12,645) tail chunks only
+        for tile, chunk in [(1, None), (3, None), (2, 1000), (2, 37), (1, 20000), (3, 20000)]:
             ids = rasterize(verts, faces, size, tile=tile, fragment_chunk=chunk).triangle_id
             np.testing.assert_array_equal(np.asarray(ids), ids0)
         monkeypatch.setattr(rast_mod, "_FLOAT_DIV_TILES", 0)  # int32 // and % instead
