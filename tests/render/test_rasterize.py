@@ -311,6 +311,10 @@ def test_ids_identical_for_any_tile_chunk_and_division_path(monkeypatch, data_di
         for tile, chunk in [(1, None), (3, None), (2, 1000), (2, 37), (1, 20000), (3, 20000)]:
             ids = rasterize(verts, faces, size, tile=tile, fragment_chunk=chunk).triangle_id
             np.testing.assert_array_equal(np.asarray(ids), ids0)
+        # the batched path (one z-buffer after the other) with tail chunks
+        ids = rasterize(np.stack([verts, verts]), faces, size, tile=1,
+                        fragment_chunk=20000).triangle_id
+        np.testing.assert_array_equal(np.asarray(ids), np.stack([ids0, ids0]))
         monkeypatch.setattr(rast_mod, "_FLOAT_DIV_TILES", 0)  # int32 // and % instead
         rast_mod._rasterize_single.clear_cache()
         for tile in (2, 3):
