@@ -328,9 +328,6 @@ def soft_rasterize(
         raise ValueError(f"tile must be positive, got {tile}")
     chunk = int(fragment_chunk) if fragment_chunk is not None else max(
         4 * h * wd // (tile * tile), 4096)
-    fn = functools.partial(_soft_single, tri=tri, h=h, wd=wd, radius=radius, k_faces=k_faces,
-                           chunk=chunk, tile=tile)
-    del fn
     if sv.ndim == 3:
         if w is None:
             return jax.vmap(lambda s: _soft_single(s, tri, h, wd, radius, k_faces, chunk,
