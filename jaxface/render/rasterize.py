@@ -68,6 +68,7 @@ _EPOCH = float(2**29)
 _FLOAT_DIV_TILES = 2**22
 # The fragment loop's last chunks are 1/_TAIL_DIVISOR of the chunk size (see _zbuffer).
 _TAIL_DIVISOR = 8
+# No tail chunks for chunks shorter than this (a second loop would cost more compile time).
 _TAIL_MIN_CHUNK = 2**14
 
 
@@ -427,21 +428,20 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
         e, zb = c
         offsets, total = epoch_stream(e)
 
-        def chunks(size, more):
+        def chunks(size, more, state):
             def body(cc):
                 base, zb2 = cc
                 return base + size, chunk_update(base, size, offsets, total, zb2)
 
-            return lambda cc: jax.lax.while_loop(lambda c2: more(c2[0]), body, cc)
+            return jax.lax.while_loop(lambda cc: more(cc[0]), body, state)
 
         # full chunks while the chunk would leave less than a tail unused, then tail chunks for
-        # the rest: the work done past the stream's end is below one tail, not one chunk
+        # the rest (tail == chunk: one loop): the work done past the stream's end is below one
+        # tail, not one chunk
         state = (jnp.int32(0), zb)
         if tail < chunk:
-            state = chunks(chunk, lambda base: total - base >= chunk - tail)(state)
-            state = chunks(tail, lambda base: base < total)(state)
-        else:
-            state = chunks(chunk, lambda base: base < total)(state)
+            state = chunks(chunk, lambda base: total - base >= chunk - tail, state)
+        state = chunks(tail, lambda base: base < total, state)
         return e + 1, state[1]
 
     with jax.enable_x64(True):
