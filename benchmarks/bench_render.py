@@ -1,10 +1,11 @@
 """Benchmark the render primitives on the ICT-FaceKit mesh (CPU-friendly).
 
-Measures forward and forward+backward time per image (jit-warm, median of several runs) for the
-hard rasteriser + interpolate, hard + antialias and the soft path, at 224², 512² and 1024², for
-the ICT face region (triangles whose vertices all have id <= 11247: face, head and neck, 22,288
-triangles), the face region with the mouth and eye sockets (id <= 14061, 28,068 triangles: the
-issue's "~30k-triangle face") and the full ICT mesh (52,220 triangles), batch 1 and 16, plus
+Measures forward and forward+backward time per image (jit-warm; median and 10th percentile of
+the calls made in about a second, at least 3 and at most 300) for the hard rasteriser +
+interpolate, hard + antialias and the soft path, at 224², 512² and 1024², for the ICT face
+region (triangles whose vertices all have id <= 11247: face, head and neck, 22,288 triangles),
+the face region with the mouth and eye sockets (id <= 14061, 28,068 triangles: the issue's
+"~30k-triangle face") and the full ICT mesh (52,220 triangles), batch 1 and 16, plus
 peak-memory indicators. Writes JSON.
 
     python benchmarks/bench_render.py --out bench_render.json [--quick] [--paths hard+interpolate]
@@ -153,8 +154,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             fwd, fb = make_path(path, f, size, v.shape[0])
             rss0 = maxrss_mb()
-            t_f, n_f, p_f = timeit(fwd, x, 0.5, 20)
-            t_b, n_b, p_b = timeit(fb, x, 0.5, 20)
+            t_f, n_f, p_f = timeit(fwd, x, 1.0, 300)
+            t_b, n_b, p_b = timeit(fb, x, 1.0, 300)
             row = {
                 "mesh": mesh_name, "triangles": int(f.shape[0]), "size": s,
                 "batch": batch, "path": path,
