@@ -98,24 +98,24 @@ def _materialised_jvp(primals, tangents):
     return x, t
 
 
-def _point_tri_planes(c: list, px: jax.Array, py: jax.Array, pred: jax.Array | None = None):
-    """Pixel centre against triangle: ``(dist, [b0, b1, b2], nondeg)``.
+def _point_tri_math(x: list, y: list, px: jax.Array, py: jax.Array):
+    """Pixel centre against triangle (the primal of :func:`_point_tri_planes`), plane by plane.
 
-    ``dist`` is the signed squared distance (px², negative inside) to the triangle, ``b_k`` the
-    barycentrics clipped to the triangle (clamped at 0 and renormalised), ``nondeg`` whether
-    the triangle has non-zero area. ``c``: columns ``x0 y0 z0 x1 y1 z1 x2 y2 z2`` broadcasting
-    against ``px``/``py``. Written plane by plane: broadcasts and reductions over a length-3
-    axis are slow on XLA:CPU, forward and (much more so) transposed."""
-    x, y = c[0::3], c[1::3]
+    ``x``, ``y``: the corners' coordinates ``[x0, x1, x2]``, ``[y0, y1, y2]`` broadcasting
+    against ``px``/``py``. Returns ``(dist, [b0, b1, b2], nondeg, res)``; ``res`` holds what the
+    JVP needs: the clamped barycentrics' unnormalised values ``u_k = e_k / area``, ``1 / area``,
+    the normaliser ``s = sum_k max(u_k, 0)`` and, for the nearest edge, the weights ``w_k`` of
+    the corners in its nearest point and the gradient ``(gx, gy)`` of ``dist`` w.r.t. that
+    point."""
     e = [(x[2] - x[1]) * (py - y[1]) - (y[2] - y[1]) * (px - x[1]),
          (x[0] - x[2]) * (py - y[2]) - (y[0] - y[2]) * (px - x[2]),
          (x[1] - x[0]) * (py - y[0]) - (y[1] - y[0]) * (px - x[0])]
-    if pred is not None:
-        e = list(_materialised(tuple(e), pred))
     area = e[0] + e[1] + e[2]
     nondeg = area != 0
     sa = jnp.where(area > 0, 1.0, -1.0)
     inside = nondeg & (e[0] * sa >= 0) & (e[1] * sa >= 0) & (e[2] * sa >= 0)
+    # the nearest point of each edge a -> b: a + tt (b - a); the nearest edge's kept (the first
+    # one among equal distances, as a chain of minimums gives the same value)
     d2 = None
     for a, b in ((1, 2), (2, 0), (0, 1)):
         ex, ey = x[b] - x[a], y[b] - y[a]
@@ -123,16 +123,68 @@ def _point_tri_planes(c: list, px: jax.Array, py: jax.Array, pred: jax.Array | N
         tt = ((px - x[a]) * ex + (py - y[a]) * ey) / jnp.where(l2 > 0, l2, 1.0)
         tt = jnp.clip(jnp.where(l2 > 0, tt, 0.0), 0.0, 1.0)
         dx, dy = px - x[a] - tt * ex, py - y[a] - tt * ey
-        if pred is not None:
-            dx, dy = _materialised((dx, dy), pred)
         d2k = dx * dx + dy * dy
-        d2 = d2k if d2 is None else jnp.minimum(d2, d2k)
+        wk = [jnp.zeros_like(tt)] * 3
+        wk[a], wk[b] = 1.0 - tt, tt
+        if d2 is None:
+            d2, ddx, ddy, w = d2k, dx, dy, wk
+        else:
+            closer = d2k < d2
+            d2 = jnp.where(closer, d2k, d2)
+            ddx, ddy = jnp.where(closer, dx, ddx), jnp.where(closer, dy, ddy)
+            w = [jnp.where(closer, wn, wo) for wn, wo in zip(wk, w, strict=True)]
     dist = jnp.where(inside, -d2, d2)
     safe_area = jnp.where(nondeg, area, 1.0)
-    b = [jnp.clip(ek / safe_area, 0.0, None) for ek in e]
-    sb = b[0] + b[1] + b[2]
+    u = [ek / safe_area for ek in e]
+    v = [jnp.maximum(uk, 0.0) for uk in u]
+    sb = v[0] + v[1] + v[2]
     sb = jnp.where(sb > 0, sb, 1.0)
-    return dist, [bk / sb for bk in b], nondeg
+    # d(dist) = g . d(nearest point), the nearest point moving with its edge's corners (at an
+    # interior nearest point, its move along the edge changes the distance only to 2nd order)
+    sgn = jnp.where(inside, 2.0, -2.0)
+    res = (u, jnp.where(nondeg, 1.0 / safe_area, 0.0), sb, w, sgn * ddx, sgn * ddy)
+    return dist, [vk / sb for vk in v], nondeg, res
+
+
+@jax.custom_jvp
+def _point_tri_planes(x0, y0, x1, y1, x2, y2, px, py):
+    """Signed squared distance and clipped barycentrics of pixel centres in triangles, with a
+    hand-written JVP (see :func:`_point_tri_math`): ``(dist, b0, b1, b2)``.
+
+    ``dist`` is the signed squared distance (px², negative inside) to the triangle, ``b_k`` the
+    barycentrics clipped to the triangle (clamped at 0 and renormalised). The corner
+    coordinates broadcast against the pixel centres ``px``/``py`` (not differentiated). The
+    JVP is a few per-plane products: plain autodiff of the same planes transposes, on XLA:CPU,
+    into dozens of passes over the ``(H, W, K)`` planes."""
+    dist, b, _, _ = _point_tri_math([x0, x1, x2], [y0, y1, y2], px, py)
+    return dist, b[0], b[1], b[2]
+
+
+@_point_tri_planes.defjvp
+def _point_tri_planes_jvp(primals, tangents):
+    x0, y0, x1, y1, x2, y2, px, py = primals
+    x, y = [x0, x1, x2], [y0, y1, y2]
+    tx, ty = list(tangents[0:6:2]), list(tangents[1:6:2])
+    dist, b, _, (u, inv_area, sb, w, gx, gy) = _point_tri_math(x, y, px, py)
+    # the nearest point moves by sum_k w_k dX_k; d(dist) = g . that move
+    ddist = (gx * (w[0] * tx[0] + w[1] * tx[1] + w[2] * tx[2])
+             + gy * (w[0] * ty[0] + w[1] * ty[1] + w[2] * ty[2]))
+
+    def cross(k, rx, ry):  # dX_k x r
+        return tx[k] * ry - ty[k] * rx
+
+    # e_k = (X_b - X_a) x (P - X_a) for the edge a -> b opposite corner k:
+    # de_k = dX_b x (P - X_a) + dX_a x (X_b - P)
+    de = []
+    for a, bb in ((1, 2), (2, 0), (0, 1)):
+        de.append(cross(bb, px - x[a], py - y[a]) + cross(a, x[bb] - px, y[bb] - py))
+    # b = v / sum(v) with v_k = max(u_k, 0), u_k = e_k / area: b does not change when all the
+    # u_k scale by the same positive factor, so the area's own change drops out (inv_area is 0
+    # on degenerate triangles: no tangent)
+    dv = [jnp.where(uk > 0, dek * inv_area, 0.0) for uk, dek in zip(u, de, strict=True)]
+    ds = dv[0] + dv[1] + dv[2]
+    db = [(dvk - bk * ds) / sb for dvk, bk in zip(dv, b, strict=True)]
+    return (dist, b[0], b[1], b[2]), (ddist, db[0], db[1], db[2])
 
 
 def _candidates(v, tri, h, wd, radius, chunk, tile):
@@ -169,7 +221,7 @@ def _candidates(v, tri, h, wd, radius, chunk, tile):
         px = col.astype(jnp.float32) + 0.5
         py = rr.astype(jnp.float32) + 0.5
         c = [row[:, i:i + 1] for i in range(9)]
-        dist, b, nondeg = _point_tri_planes(c, px, py)
+        dist, b, nondeg, _ = _point_tri_math(c[0::3], c[1::3], px, py)
         depth = b[0] * c[2] + b[1] * c[5] + b[2] * c[8]
         keep = valid & nondeg & (dist <= r2) & jnp.isfinite(depth)
         pix = jnp.where(keep, rr * wd + col, npix).reshape(-1)
@@ -260,7 +312,7 @@ def _soft_single(sv, tri, h, wd, radius, k_faces, chunk, tile, w=None):
     idx = jnp.where(valid, ids, nf)
     py, px = jnp.meshgrid(jnp.arange(h, dtype=table.dtype) + 0.5,
                           jnp.arange(wd, dtype=table.dtype) + 0.5, indexing="ij")
-    dist, b, _ = _point_tri_planes(c, px[..., None], py[..., None], jnp.all(ids >= -1))
+    dist, *b = _point_tri_planes(*c[0:2], *c[3:5], *c[6:8], px[..., None], py[..., None])
     if w is not None:
         # perspective-correct: screen-space barycentrics weighted by 1 / w, renormalised
         wtri = w[tri]
