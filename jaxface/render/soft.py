@@ -35,13 +35,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxface._pytree import pytree_dataclass
+from jaxface.render.interpolate import _interp_single
 from jaxface.render.rasterize import (
     _centre_span,
     _check_inputs,
     _chunk_tiles,
     _depth_keys,
     _exclusive_offsets,
-    _gather_columns,
+    _gather_columns_paired,
     _materialise,
     _scatter_min,
 )
@@ -305,10 +306,12 @@ def _soft_single(sv, tri, h, wd, radius, k_faces, chunk, tile, w=None):
     ids = ids.reshape(h, wd, k_faces)
     valid = ids >= 0
     table = sv[tri].reshape(nf, 9)
-    # (H, W, K) planes of the slots' triangles, one gather per table column (transposed: scalar
+    # (H, W, K) planes of the slots' triangles, gathered column by column (transposed: scalar
     # scatter-adds; a gather of rows of 9 transposes, on XLA:CPU, into one fusion that
-    # recomputes the whole cotangent graph for each of the 9 row entries)
-    c = _gather_columns(table, ids, valid)
+    # recomputes the whole cotangent graph for each of the 9 row entries), two columns per
+    # gather (complex pairs: each corner's x and y, then z0 and z1)
+    c = _gather_columns_paired(table, ids, valid,
+                               [(0, 1), (3, 4), (6, 7), (2, 5)])
     idx = jnp.where(valid, ids, nf)
     py, px = jnp.meshgrid(jnp.arange(h, dtype=table.dtype) + 0.5,
                           jnp.arange(wd, dtype=table.dtype) + 0.5, indexing="ij")
@@ -397,18 +400,11 @@ def soft_interpolate(attributes: jax.Array, fragments: SoftFragments,
     tri = jnp.asarray(triangles, jnp.int32)
 
     def single(attr, ids, bary):
-        nf, c = tri.shape[0], attr.shape[-1]
-        if nf == 0:
-            return jnp.zeros((*ids.shape, c), attr.dtype)
-        table = attr[tri].reshape(nf, 3 * c)
-        valid = ids >= 0
-        # one gather per table column and per-channel planes (as interpolate): a batched
-        # 3-long contraction is a slow dot on XLA:CPU, forward and transposed
-        cols = _gather_columns(table, ids, valid)
-        b0, b1, b2 = jnp.unstack(bary, axis=-1)
-        out = jnp.stack([b0 * cols[k] + b1 * cols[c + k] + b2 * cols[2 * c + k]
-                         for k in range(c)], axis=-1)
-        return jnp.where(valid[..., None], out, jnp.zeros((), out.dtype))
+        if tri.shape[0] == 0:
+            return jnp.zeros((*ids.shape, attr.shape[-1]), attr.dtype)
+        # the hard path's interpolation (paired column gathers, per-channel planes), with a
+        # slot axis K after the pixel axes
+        return _interp_single(attr, ids, bary, tri)
 
     if fragments.triangle_id.ndim == 4:
         ax = 0 if attributes.ndim == 3 else None
@@ -466,8 +462,15 @@ def soft_blend(
     wk = [prob[k] * jnp.exp((zn[k] - m) / gamma) for k in range(n_k)]
     wbg = jnp.exp((eps - m) / gamma)
     bg = jnp.broadcast_to(jnp.asarray(background, colors.dtype), colors.shape[-1:])
-    num = functools.reduce(jnp.add, [wk[k][..., None] * colors[..., k, :] for k in range(n_k)])
-    num = num + wbg[..., None] * bg
+    # per-slot, per-channel planes (unstacked: the transposes are single stacks, not a padded
+    # copy of the whole colour array per slot and reductions over the short channel axis)
+    col = [jnp.unstack(ck, axis=-1) for ck in jnp.unstack(colors, axis=-2)]
     den = functools.reduce(jnp.add, wk) + wbg
-    rgb = num / den[..., None]
-    return jnp.concatenate([rgb, alpha[..., None]], axis=-1)
+    # the weights computed once into memory (XLA:CPU would fuse them into each channel's plane)
+    pred = fragments.triangle_id.reshape(-1)[0] >= -1  # always true, known at run time only
+    wk, wbg, den = _materialise((wk, wbg, den), pred)
+    rgb = [(functools.reduce(jnp.add, [wk[k] * col[k][c] for k in range(n_k)]) + wbg * bg[c])
+           / den for c in range(colors.shape[-1])]
+    # stacked first and moved last, as in interpolate: XLA:CPU then computes the planes one by
+    # one, not the whole blend again for each channel of each pixel
+    return jnp.moveaxis(jnp.stack([*rgb, alpha], axis=0), 0, -1)
