@@ -99,34 +99,52 @@ def _materialised_jvp(primals, tangents):
     return x, t
 
 
+def _edge_functions(x: list, y: list, px: jax.Array, py: jax.Array) -> list:
+    """``[e0, e1, e2]``: ``e_k = (X_b - X_a) x (P - X_a)`` for the edge ``a -> b`` opposite
+    corner ``k`` (their sum is the signed doubled area)."""
+    return [(x[2] - x[1]) * (py - y[1]) - (y[2] - y[1]) * (px - x[1]),
+            (x[0] - x[2]) * (py - y[2]) - (y[0] - y[2]) * (px - x[2]),
+            (x[1] - x[0]) * (py - y[0]) - (y[1] - y[0]) * (px - x[0])]
+
+
+def _clipped_bary(e: list):
+    """Barycentrics clipped to the triangle, from the edge functions ``e``: ``b_k = v_k /
+    sum(v)`` with ``v_k = max(s e_k, 0)``, ``s`` the sign of the area (the same as clamping
+    ``e_k / area`` at 0 and renormalising: ``b`` does not change when all the ``v_k`` scale by a
+    positive factor). Returns ``(b, v, inv_sum, s, nondeg, inside)``."""
+    area = e[0] + e[1] + e[2]
+    nondeg = area != 0
+    s = jnp.where(area > 0, 1.0, -1.0)
+    v = [jnp.maximum(ek * s, 0.0) for ek in e]
+    inside = nondeg & (e[0] * s >= 0) & (e[1] * s >= 0) & (e[2] * s >= 0)
+    sv = jnp.where(nondeg, v[0] + v[1] + v[2], 1.0)  # > 0 on non-degenerate triangles
+    # divided (not multiplied by 1 / sv): a pixel nearest to a corner gets exactly that corner's
+    # values, so triangles sharing the corner tie exactly there (broken by id)
+    return [vk / sv for vk in v], v, 1.0 / sv, s, nondeg, inside
+
+
 def _point_tri_math(x: list, y: list, px: jax.Array, py: jax.Array):
     """Pixel centre against triangle (the primal of :func:`_point_tri_planes`), plane by plane.
 
     ``x``, ``y``: the corners' coordinates ``[x0, x1, x2]``, ``[y0, y1, y2]`` broadcasting
-    against ``px``/``py``. Returns ``(dist, [b0, b1, b2], nondeg, res)``; ``res`` holds what the
-    JVP needs: the clamped barycentrics' unnormalised values ``u_k = e_k / area``, ``1 / area``,
-    the normaliser ``s = sum_k max(u_k, 0)`` and, for the nearest edge, the weights ``w_k`` of
-    the corners in its nearest point and the gradient ``(gx, gy)`` of ``dist`` w.r.t. that
-    point."""
-    e = [(x[2] - x[1]) * (py - y[1]) - (y[2] - y[1]) * (px - x[1]),
-         (x[0] - x[2]) * (py - y[2]) - (y[0] - y[2]) * (px - x[2]),
-         (x[1] - x[0]) * (py - y[0]) - (y[1] - y[0]) * (px - x[0])]
-    area = e[0] + e[1] + e[2]
-    nondeg = area != 0
-    sa = jnp.where(area > 0, 1.0, -1.0)
-    inside = nondeg & (e[0] * sa >= 0) & (e[1] * sa >= 0) & (e[2] * sa >= 0)
+    against ``px``/``py``. Returns ``(dist, [b0, b1, b2], res)``; ``res`` holds what the JVP
+    needs: the clipped barycentrics' terms (:func:`_clipped_bary`) and, for the nearest edge,
+    the weights ``w_k`` of the corners in its nearest point and the gradient ``(gx, gy)`` of
+    ``dist`` w.r.t. that point."""
+    e = _edge_functions(x, y, px, py)
+    b, v, inv, s, nondeg, inside = _clipped_bary(e)
     # the nearest point of each edge a -> b: a + tt (b - a); the nearest edge's kept (the first
     # one among equal distances, as a chain of minimums gives the same value)
     d2 = None
-    for a, b in ((1, 2), (2, 0), (0, 1)):
-        ex, ey = x[b] - x[a], y[b] - y[a]
+    for a, bb in ((1, 2), (2, 0), (0, 1)):
+        ex, ey = x[bb] - x[a], y[bb] - y[a]
         l2 = ex * ex + ey * ey
         tt = ((px - x[a]) * ex + (py - y[a]) * ey) / jnp.where(l2 > 0, l2, 1.0)
         tt = jnp.clip(jnp.where(l2 > 0, tt, 0.0), 0.0, 1.0)
         dx, dy = px - x[a] - tt * ex, py - y[a] - tt * ey
         d2k = dx * dx + dy * dy
         wk = [jnp.zeros_like(tt)] * 3
-        wk[a], wk[b] = 1.0 - tt, tt
+        wk[a], wk[bb] = 1.0 - tt, tt
         if d2 is None:
             d2, ddx, ddy, w = d2k, dx, dy, wk
         else:
@@ -135,16 +153,11 @@ def _point_tri_math(x: list, y: list, px: jax.Array, py: jax.Array):
             ddx, ddy = jnp.where(closer, dx, ddx), jnp.where(closer, dy, ddy)
             w = [jnp.where(closer, wn, wo) for wn, wo in zip(wk, w, strict=True)]
     dist = jnp.where(inside, -d2, d2)
-    safe_area = jnp.where(nondeg, area, 1.0)
-    u = [ek / safe_area for ek in e]
-    v = [jnp.maximum(uk, 0.0) for uk in u]
-    sb = v[0] + v[1] + v[2]
-    sb = jnp.where(sb > 0, sb, 1.0)
     # d(dist) = g . d(nearest point), the nearest point moving with its edge's corners (at an
     # interior nearest point, its move along the edge changes the distance only to 2nd order)
     sgn = jnp.where(inside, 2.0, -2.0)
-    res = (u, jnp.where(nondeg, 1.0 / safe_area, 0.0), sb, w, sgn * ddx, sgn * ddy)
-    return dist, [vk / sb for vk in v], nondeg, res
+    res = (v, jnp.where(nondeg, inv, 0.0), s, w, sgn * ddx, sgn * ddy)
+    return dist, b, res
 
 
 @jax.custom_jvp
@@ -157,7 +170,7 @@ def _point_tri_planes(x0, y0, x1, y1, x2, y2, px, py):
     coordinates broadcast against the pixel centres ``px``/``py`` (not differentiated). The
     JVP is a few per-plane products: plain autodiff of the same planes transposes, on XLA:CPU,
     into dozens of passes over the ``(H, W, K)`` planes."""
-    dist, b, _, _ = _point_tri_math([x0, x1, x2], [y0, y1, y2], px, py)
+    dist, b, _ = _point_tri_math([x0, x1, x2], [y0, y1, y2], px, py)
     return dist, b[0], b[1], b[2]
 
 
@@ -166,7 +179,7 @@ def _point_tri_planes_jvp(primals, tangents):
     x0, y0, x1, y1, x2, y2, px, py = primals
     x, y = [x0, x1, x2], [y0, y1, y2]
     tx, ty = list(tangents[0:6:2]), list(tangents[1:6:2])
-    dist, b, _, (u, inv_area, sb, w, gx, gy) = _point_tri_math(x, y, px, py)
+    dist, b, (v, inv, s, w, gx, gy) = _point_tri_math(x, y, px, py)
     # the nearest point moves by sum_k w_k dX_k; d(dist) = g . that move
     ddist = (gx * (w[0] * tx[0] + w[1] * tx[1] + w[2] * tx[2])
              + gy * (w[0] * ty[0] + w[1] * ty[1] + w[2] * ty[2]))
@@ -179,12 +192,11 @@ def _point_tri_planes_jvp(primals, tangents):
     de = []
     for a, bb in ((1, 2), (2, 0), (0, 1)):
         de.append(cross(bb, px - x[a], py - y[a]) + cross(a, x[bb] - px, y[bb] - py))
-    # b = v / sum(v) with v_k = max(u_k, 0), u_k = e_k / area: b does not change when all the
-    # u_k scale by the same positive factor, so the area's own change drops out (inv_area is 0
-    # on degenerate triangles: no tangent)
-    dv = [jnp.where(uk > 0, dek * inv_area, 0.0) for uk, dek in zip(u, de, strict=True)]
+    # b = v * inv with v_k = max(s e_k, 0), inv = 1 / sum(v) (0 on degenerate triangles: no
+    # tangent)
+    dv = [jnp.where(vk > 0, s * dek, 0.0) for vk, dek in zip(v, de, strict=True)]
     ds = dv[0] + dv[1] + dv[2]
-    db = [(dvk - bk * ds) / sb for dvk, bk in zip(dv, b, strict=True)]
+    db = [(dvk - bk * ds) * inv for dvk, bk in zip(dv, b, strict=True)]
     return (dist, b[0], b[1], b[2]), (ddist, db[0], db[1], db[2])
 
 
@@ -214,7 +226,8 @@ def _candidates(v, tri, h, wd, radius, chunk, tile):
     tab = jnp.concatenate([p.reshape(nf, 9), jnp.stack([jmin, imin, jmax, imax,
                                                         jnp.maximum(ntx, 1.0)], 1)],
                           1).astype(jnp.float32)
-    expand = _chunk_tiles(tab, 9, chunk, tile)
+    # a box has at most ceil(H / tile) * ceil(W / tile) tiles
+    expand = _chunk_tiles(tab, 9, chunk, tile, max_tiles=-(-h // tile) * -(-wd // tile))
     r2 = jnp.float32(radius * radius)
 
     def frag_data(k):
@@ -222,9 +235,23 @@ def _candidates(v, tri, h, wd, radius, chunk, tile):
         px = col.astype(jnp.float32) + 0.5
         py = rr.astype(jnp.float32) + 0.5
         c = [row[:, i:i + 1] for i in range(9)]
-        dist, b, nondeg, _ = _point_tri_math(c[0::3], c[1::3], px, py)
+        x, y = c[0::3], c[1::3]
+        e = _edge_functions(x, y, px, py)
+        b, _, _, _, nondeg, inside = _clipped_bary(e)
+        # the same expression as the slots' depth in _soft_single (w = None)
         depth = b[0] * c[2] + b[1] * c[5] + b[2] * c[8]
-        keep = valid & nondeg & (dist <= r2) & jnp.isfinite(depth)
+        # within the radius of the triangle: inside, or within it of an edge segment a -> b,
+        # without divisions: of the endpoint a (b) when the pixel projects before a (past b),
+        # otherwise of the edge's line: (e_k / |b - a|)^2 <= r^2
+        near = inside
+        d2 = [(px - x[k]) ** 2 + (py - y[k]) ** 2 for k in range(3)]
+        for k, (a, bb) in enumerate(((1, 2), (2, 0), (0, 1))):
+            ex, ey = x[bb] - x[a], y[bb] - y[a]
+            l2 = ex * ex + ey * ey
+            dot = (px - x[a]) * ex + (py - y[a]) * ey
+            near = near | jnp.where(dot <= 0, d2[a] <= r2,
+                                    jnp.where(dot >= l2, d2[bb] <= r2, e[k] * e[k] <= r2 * l2))
+        keep = valid & nondeg & near & jnp.isfinite(depth)
         pix = jnp.where(keep, rr * wd + col, npix).reshape(-1)
         tt = jnp.broadcast_to(t[:, None], keep.shape).reshape(-1)
         return tt, pix, depth.reshape(-1)

@@ -190,7 +190,7 @@ def test_point_triangle_jvp_matches_autodiff_and_finite_differences():
             return jnp.stack([dist, b0, b1, b2])
 
         def planes_ad(c):
-            dist, b, _, _ = _point_tri_math(list(c[0::2]), list(c[1::2]), px, py)
+            dist, b, _ = _point_tri_math(list(c[0::2]), list(c[1::2]), px, py)
             return jnp.stack([dist, *b])
 
         c = tuple(jnp.asarray(a) for a in corners)
