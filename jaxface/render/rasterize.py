@@ -251,26 +251,28 @@ def _chunk_tiles(tab: jax.Array, bbox_col: int, chunk: int, tile: int,
       ``expand(k, offsets, total) -> (t, row, col, rr, valid)``: for a () int32 chunk index,
       (F,) int32 exclusive offsets and the () int32 stream length, the triangle of each entry
       ``t (chunk,) int32``, its ``tab`` row ``(chunk, C)``, the pixel column and row of each of
-      its ``T = tile * tile`` pixels ``col, rr (chunk, T) int32``, and ``valid (chunk, T) bool``
-      (entry below ``total`` and pixel inside the triangle's box).
+      its ``T = tile * tile`` pixels ``col, rr (chunk, T) float32`` (exact integers), and
+      ``valid (chunk, T) bool`` (entry below ``total`` and pixel inside the triangle's box).
     """
     nf = tab.shape[0]
     # a triangle has at most ceil(H / tile) * ceil(W / tile) tiles (< 2**22: float division)
     float_div = max_tiles is not None and max_tiles < _FLOAT_DIV_TILES
     # NumPy, so that they are literal constants inside the caller's loops
-    ty_, tx_ = np.meshgrid(np.arange(tile, dtype=np.int32), np.arange(tile, dtype=np.int32),
-                           indexing="ij")
+    ty_, tx_ = np.meshgrid(np.arange(tile, dtype=np.float32),
+                           np.arange(tile, dtype=np.float32), indexing="ij")
     ty_, tx_ = ty_.reshape(-1), tx_.reshape(-1)
     c = bbox_col
 
     def expand(k: jax.Array, offsets: jax.Array, total: jax.Array):
         t, f, local = _chunk_owners(k * chunk, offsets, chunk, nf)
         row = tab[t]
-        qy, qx = (q.astype(jnp.int32) for q in _tile_in_box(local, row[:, c + 4], float_div))
-        col = (row[:, c].astype(jnp.int32) + qx * tile)[:, None] + tx_[None, :]
-        rr = (row[:, c + 1].astype(jnp.int32) + qy * tile)[:, None] + ty_[None, :]
-        valid = ((f < total)[:, None] & (col <= row[:, c + 2:c + 3].astype(jnp.int32))
-                 & (rr <= row[:, c + 3:c + 4].astype(jnp.int32)))
+        qy, qx = _tile_in_box(local, row[:, c + 4], float_div)
+        # float32 pixel positions (exact integers below 2**24; XLA:CPU vectorises float
+        # arithmetic better than int32 here)
+        col = (row[:, c] + qx * tile)[:, None] + tx_[None, :]
+        rr = (row[:, c + 1] + qy * tile)[:, None] + ty_[None, :]
+        valid = ((f < total)[:, None] & (col <= row[:, c + 2:c + 3])
+                 & (rr <= row[:, c + 3:c + 4]))
         return t, row, col, rr, valid
 
     return expand

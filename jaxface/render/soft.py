@@ -232,8 +232,7 @@ def _candidates(v, tri, h, wd, radius, chunk, tile):
 
     def frag_data(k):
         t, row, col, rr, valid = expand(k, offsets, total)
-        px = col.astype(jnp.float32) + 0.5
-        py = rr.astype(jnp.float32) + 0.5
+        px, py = col + 0.5, rr + 0.5
         c = [row[:, i:i + 1] for i in range(9)]
         x, y = c[0::3], c[1::3]
         e = _edge_functions(x, y, px, py)
@@ -252,7 +251,7 @@ def _candidates(v, tri, h, wd, radius, chunk, tile):
             near = near | jnp.where(dot <= 0, d2[a] <= r2,
                                     jnp.where(dot >= l2, d2[bb] <= r2, e[k] * e[k] <= r2 * l2))
         keep = valid & nondeg & near & jnp.isfinite(depth)
-        pix = jnp.where(keep, rr * wd + col, npix).reshape(-1)
+        pix = jnp.where(keep, (rr * wd + col).astype(jnp.int32), npix).reshape(-1)
         tt = jnp.broadcast_to(t[:, None], keep.shape).reshape(-1)
         return tt, pix, depth.reshape(-1)
 
