@@ -192,8 +192,8 @@ def _point_tri_planes_jvp(primals, tangents):
     de = []
     for a, bb in ((1, 2), (2, 0), (0, 1)):
         de.append(cross(bb, px - x[a], py - y[a]) + cross(a, x[bb] - px, y[bb] - py))
-    # b = v * inv with v_k = max(s e_k, 0), inv = 1 / sum(v) (0 on degenerate triangles: no
-    # tangent)
+    # b = v / sum(v) with v_k = max(s e_k, 0); inv = 1 / sum(v), 0 on degenerate triangles (no
+    # tangent there)
     dv = [jnp.where(vk > 0, s * dek, 0.0) for vk, dek in zip(v, de, strict=True)]
     ds = dv[0] + dv[1] + dv[2]
     db = [(dvk - bk * ds) * inv for dvk, bk in zip(dv, b, strict=True)]
