@@ -278,7 +278,7 @@ def _select_k(v, tri, h, wd, radius, k_faces, chunk, tile):
                                                 chunk, tile)
     empty = np.uint64(2**64 - 1)
 
-    def chunk_fn(d, state):
+    def chunk_fn(d, state, first=False):
         """Merge a chunk's candidates into the per-pixel top K (and count them).
 
         The chunk's own K smallest keys per pixel come from K rounds of scatter-min (each
@@ -293,18 +293,21 @@ def _select_k(v, tri, h, wd, radius, k_faces, chunk, tile):
         pix = _materialise(pix, pix[0] >= 0)
         key = _materialise(_depth_keys(depth, t, pix < npix), pix[0] >= 0)
         cnt = cnt.at[pix].add(1, mode="drop")
+        # candidates behind the running K-th nearest of their pixel cannot enter: dropped from
+        # the rounds (an empty running slot holds the all-ones key, behind everything)
+        live = pix if first else jnp.where(key < top[-1][jnp.minimum(pix, npix - 1)], pix, npix)
         own = []
         for j in range(k_faces):
-            target = pix
+            target = live
             if j:
-                target = jnp.where(key > own[-1][jnp.minimum(pix, npix - 1)], pix, npix)
+                target = jnp.where(key > own[-1][jnp.minimum(pix, npix - 1)], live, npix)
             own.append(_scatter_min(jnp.full((npix,), empty, jnp.uint64), target, key))
         return cnt, _merge_sorted(top, own)
 
     with jax.enable_x64(True):
         init = (jnp.zeros((npix,), jnp.int32),
                 [jnp.full((npix,), empty, jnp.uint64) for _ in range(k_faces)])
-        state = chunk_fn(frag_data(jnp.int32(0)), init)
+        state = chunk_fn(frag_data(jnp.int32(0)), init, first=True)
 
         def body(c):
             k, st = c
