@@ -369,7 +369,7 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
     ok = finite & (area != 0)
     if cull:
         ok = ok & (area < 0)
-    jmin, imin, jmax, imax, nx, ny = _bbox(x, y, ok, h, wd)
+    jmin, imin, _, imax, nx, ny = _bbox(x, y, ok, h, wd)
     run = tile * tile
     # runs of `run` box pixels per triangle (nx * ny < 2**24 is exact, and so is the ceil of a
     # correctly rounded division)
@@ -380,12 +380,13 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
     epoch_of = jnp.where(countf > 0, epoch_of, -1)
     n_epochs = jnp.max(epoch_of, initial=-1) + 1
     # one row per triangle, ints below 2**24 exact in float32: one gather fetches everything
-    # a run needs (x0 y0 x1 y1 x2 y2 z0 z1 z2 [q0 q1 q2] jmin imin jmax imax max(nx, 1))
+    # a run needs (x0 y0 x1 y1 x2 y2 z0 z1 z2 [q0 q1 q2] jmin imin imax max(nx, 1); a run's
+    # column comes from its pixel number, so the box's last column is not needed)
     cols = [x[0], y[0], x[1], y[1], x[2], y[2], z[0], z[1], z[2]]
     if q is not None:
         cols += [q[0], q[1], q[2]]
     nc = len(cols)
-    cols += [jmin, imin, jmax, imax, jnp.maximum(nx, 1.0)]
+    cols += [jmin, imin, imax, jnp.maximum(nx, 1.0)]
     tab = jnp.stack([c.astype(jnp.float32) for c in cols], axis=1)
     one = jnp.ones((), jnp.float32)
     max_runs = -(-h * wd // run)  # of one triangle
@@ -413,7 +414,7 @@ def _zbuffer(v, tri, w, h: int, wd: int, chunk: int, tile: int, cull: bool):
         t, f, local = _chunk_owners(base, offsets, size, nf)
         row = tab[t]
         rc = [row[:, c:c + 1] for c in range(tab.shape[1])]
-        jminr, iminr, _, imaxr, nxr = rc[nc:]
+        jminr, iminr, imaxr, nxr = rc[nc:]
         # (chunk, run) box pixels: row and column of pixel number local * run + j in the box
         qy, qx = _tile_in_box(local[:, None] * run + run_, nxr, float_div)
         # pixel centres, in float32 (exact: integers and halves below 2**24); float rather than

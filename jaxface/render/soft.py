@@ -428,18 +428,13 @@ def soft_interpolate(attributes: jax.Array, fragments: SoftFragments,
     attributes = jnp.asarray(attributes)
     tri = jnp.asarray(triangles, jnp.int32)
 
-    def single(attr, ids, bary):
-        if tri.shape[0] == 0:
-            return jnp.zeros((*ids.shape, attr.shape[-1]), attr.dtype)
-        # the hard path's interpolation (paired column gathers, per-channel planes), with a
-        # slot axis K after the pixel axes
-        return _interp_single(attr, ids, bary, tri)
-
+    # the hard path's interpolation (paired column gathers, per-channel planes; zeros for a mesh
+    # without triangles), with a slot axis K after the pixel axes
     if fragments.triangle_id.ndim == 4:
         ax = 0 if attributes.ndim == 3 else None
-        return jax.vmap(single, in_axes=(ax, 0, 0))(attributes, fragments.triangle_id,
-                                                    fragments.barycentric)
-    return single(attributes, fragments.triangle_id, fragments.barycentric)
+        return jax.vmap(_interp_single, in_axes=(ax, 0, 0, None))(
+            attributes, fragments.triangle_id, fragments.barycentric, tri)
+    return _interp_single(attributes, fragments.triangle_id, fragments.barycentric, tri)
 
 
 def soft_blend(
